@@ -1,0 +1,85 @@
+"""The Celery canvas of a run, derived from the graph's topology.
+
+The entry path (up to the first router) is one chain submitted by the bridge; the router's task
+replaces itself with the continuation the router chose: a chord of parallel nodes joined at
+their common successor, or a plain chain. Every signature carries `run_id` in its kwargs, so
+Flower shows it and finds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+from celery import Celery, chain, chord, group
+from celery.canvas import Signature
+
+from .graph import NODE_NAMES, Topology, build_graph
+
+__all__ = ["build_canvas", "continuation", "submit_run", "task_name", "topology"]
+
+STATE_ARGSREPR = "(<run state>,)"
+
+
+def task_name(node: str) -> str:
+    """The Celery task name of a graph node."""
+    return f"osiris.{node}"
+
+
+@cache
+def topology() -> Topology:
+    """The workflow's topology, read from the graph (node functions are irrelevant here)."""
+    return Topology.from_graph(build_graph({name: _shape_only for name in NODE_NAMES}))
+
+
+def _shape_only(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def node_signature(
+    app: Celery, node: str, run_id: str, *, state: Mapping | None = None,
+    base: Mapping | None = None, member: bool = False,
+) -> Signature:
+    """`osiris.<node>`; immutable with `state` as its argument when given (a canvas's start)."""
+    kwargs: dict[str, Any] = {"run_id": run_id}
+    if base is not None:
+        kwargs["base"] = dict(base)
+    if member:
+        kwargs["member"] = True
+    options = {"argsrepr": STATE_ARGSREPR, "kwargsrepr": repr({"run_id": run_id})}
+    if member:
+        options["ignore_result"] = False  # the chord's join reads the parts' results
+    args = (dict(state),) if state is not None else ()
+    return app.signature(task_name(node), args=args, kwargs=kwargs,
+                         immutable=state is not None, **options)
+
+
+def _path(app: Celery, nodes: Sequence[str], run_id: str, first: Signature) -> Signature:
+    rest = [node_signature(app, node, run_id) for node in nodes[1:]]
+    return chain(first, *rest) if rest else first
+
+
+def build_canvas(app: Celery, state: Mapping[str, Any]) -> Signature:
+    """The chain a new run starts with: the entry node through the first router."""
+    topo, run_id = topology(), state["run_id"]
+    path = topo.linear_from(topo.entry)
+    first = node_signature(app, path[0], run_id, state=state).set(task_id=run_id)
+    return _path(app, path, run_id, first)
+
+
+def continuation(app: Celery, targets: Sequence[str], state: Mapping[str, Any]) -> Signature:
+    """What runs after a router chose `targets` for `state`."""
+    topo, run_id = topology(), state["run_id"]
+    if len(targets) == 1:
+        path = topo.linear_from(targets[0])
+        return _path(app, path, run_id, node_signature(app, path[0], run_id, state=state))
+    join = topo.join_of(targets)
+    header = group(node_signature(app, t, run_id, state=state, member=True) for t in targets)
+    path = topo.linear_from(join)
+    return _path(app, path, run_id, chord(header, node_signature(app, join, run_id, base=state)))
+
+
+def submit_run(app: Celery, state: Mapping[str, Any]):
+    """Submit a run's canvas; returns the AsyncResult of its chain."""
+    return build_canvas(app, state).apply_async()

@@ -1,0 +1,99 @@
+"""The Celery application: queues, routes and reliability settings, derived from `Settings`.
+
+The app is created unconfigured at import (nothing reads the environment then); it is
+configured once, from `Settings.from_env()`, the first time its configuration is needed, unless
+`configure()` was called first with explicit settings (tests, the demo).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging
+from kombu import Queue
+
+from .logs import setup_logging as configure_logging
+from .settings import Settings
+
+__all__ = ["QUEUES", "SIDECAR_NODES", "app", "celery_config", "configure", "settings_of"]
+
+DEFAULT_QUEUE = "osiris.default"
+SIDECAR_QUEUE = "osiris.sidecar"
+TTS_QUEUE = "osiris.tts"
+QUEUES = (DEFAULT_QUEUE, SIDECAR_QUEUE, TTS_QUEUE)
+# Nodes that call the LLM sidecar: I/O-bound, routed to their own queue and worker pool.
+SIDECAR_NODES = ("generate_proposal", "evaluate_proposal", "score_proposal")
+# Chord parts' results live in the backend only until the join reads them.
+RESULT_EXPIRES_S = 3600
+# kombu scans for unacked messages of dead workers every interval*throttle seconds
+# (default 10*10 s); scan every 10 s so redelivery follows the visibility timeout closely.
+UNACKED_RESTORE_INTERVAL_S = 10
+UNACKED_RESTORE_THROTTLE = 1
+
+app = Celery("osiris_tasks", include=["osiris_tasks.tasks"])
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for `settings`."""
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
+        "unacked_restore_throttle": UNACKED_RESTORE_THROTTLE,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_routes": {
+            **{f"osiris.{node}": {"queue": SIDECAR_QUEUE} for node in SIDECAR_NODES},
+            "osiris.speak": {"queue": TTS_QUEUE},
+        },
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "result_expires": RESULT_EXPIRES_S,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": settings.task_time_limit_s - 5,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+    }
+
+
+def configure(celery: Celery, settings: Settings) -> Celery:
+    """Configure `celery` from `settings` (and remember them for the tasks' resources)."""
+    celery.osiris_settings = settings
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+def settings_of(celery: Celery) -> Settings:
+    """The settings `celery` was configured with (from the environment if never configured)."""
+    settings = getattr(celery, "osiris_settings", None)
+    if settings is None:
+        settings = celery.osiris_settings = Settings.from_env()
+    return settings
+
+
+@app.on_configure.connect
+def _configure_from_env(sender: Celery, **_: Any) -> None:
+    if getattr(sender, "osiris_settings", None) is None:
+        # Not `conf.update`: the configuration is being loaded; hand it over as its source.
+        sender.config_from_object(celery_config(settings_of(sender)))
+
+
+@setup_logging.connect
+def _setup_logging(loglevel: Any = None, **_: Any) -> None:
+    # Connected, so Celery leaves the root logger to us: same format as the bridge and CLI.
+    level = loglevel if isinstance(loglevel, str) else logging.getLevelName(loglevel or 20)
+    configure_logging(level, json_logs=settings_of(app).json_logs)

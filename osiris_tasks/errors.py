@@ -1,0 +1,117 @@
+"""The osiris_tasks error tree.
+
+Library errors (requests, redis, lancedb) are converted once, at the adapter that calls the
+library, and re-raised ``from`` the original. A risk rejection is a decision, not an error::
+
+    OsirisError
+    ├── ConfigError              bad settings or flags
+    ├── TickRejected             a tick failed validation (carries the reason)
+    ├── ProposalInvalid          a completion did not yield a valid proposal (carries raw text)
+    ├── SidecarError             any failure talking to the LLM sidecar
+    │   ├── SidecarUnavailable   connection refused / reset, or the circuit breaker is open
+    │   ├── SidecarTimeout       connect or read timeout
+    │   ├── SidecarStatusError   non-2xx answer (carries status, retry_after_s)
+    │   └── SidecarResponseError 2xx answer whose body is not what the API promises
+    ├── StoreError               LanceDB could not read or write
+    ├── EventError               Redis Pub/Sub publish failed
+    └── BridgeError              the tick bridge cannot go on
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BridgeError",
+    "ConfigError",
+    "EventError",
+    "OsirisError",
+    "ProposalInvalid",
+    "SidecarError",
+    "SidecarResponseError",
+    "SidecarStatusError",
+    "SidecarTimeout",
+    "SidecarUnavailable",
+    "StoreError",
+    "TickRejected",
+]
+
+
+class OsirisError(Exception):
+    """Root of every error osiris_tasks raises on purpose."""
+
+    def __init__(self, message: str, *, run_id: str | None = None, node: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.run_id = run_id
+        self.node = node
+
+    def __str__(self) -> str:
+        where = " ".join(f"{k}={v}" for k, v in (("run_id", self.run_id), ("node", self.node)) if v)
+        return f"{self.message} [{where}]" if where else self.message
+
+
+class ConfigError(OsirisError):
+    """A setting or command-line flag has an unusable value."""
+
+
+class TickRejected(OsirisError):
+    """A market tick failed validation and never enters a batch."""
+
+    def __init__(self, reason: str, *, sample: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.sample = sample
+
+
+class ProposalInvalid(OsirisError):
+    """The sidecar's completion did not yield a proposal that fits the schema."""
+
+    def __init__(self, message: str, *, raw: str = "", **context):
+        super().__init__(message, **context)
+        self.raw = raw
+
+
+class SidecarError(OsirisError):
+    """The LLM sidecar could not give a usable answer."""
+
+    retryable = False
+
+
+class SidecarUnavailable(SidecarError):
+    """The sidecar refused or dropped the connection, or its circuit breaker is open."""
+
+    retryable = True
+
+
+class SidecarTimeout(SidecarError):
+    """The sidecar did not connect or answer within the configured timeout."""
+
+    retryable = True
+
+
+class SidecarStatusError(SidecarError):
+    """The sidecar answered with a non-2xx HTTP status."""
+
+    def __init__(self, message: str, *, status: int, retry_after_s: float | None = None, **ctx):
+        super().__init__(message, **ctx)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self.status == 429 or self.status >= 500
+
+
+class SidecarResponseError(SidecarError):
+    """The sidecar answered 2xx with a body that is not what its API promises."""
+
+
+class StoreError(OsirisError):
+    """LanceDB could not read or write a table."""
+
+
+class EventError(OsirisError):
+    """An event could not be published on Redis."""
+
+
+class BridgeError(OsirisError):
+    """The tick bridge hit a condition it cannot recover from."""

@@ -1,0 +1,148 @@
+"""One frozen settings object, read from the environment once per process."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigError
+from .risk import RISK_GATE_CONFIG
+
+__all__ = ["Settings", "redact_url"]
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_SIDECAR_URL = "http://localhost:8000"
+DEFAULT_LANCEDB_URI = "./lancedb_data"
+# Redis broker redelivers a task whose worker died after this long (Celery's default is 1 h).
+DEFAULT_VISIBILITY_TIMEOUT_S = 300
+DEFAULT_NAV = 100_000.0
+# Ticks without a symbol (the original simulator's OHLCV bars) are filed under this one.
+DEFAULT_SYMBOL = "SPY"
+# Completion length asked of the sidecar for a proposal.
+DEFAULT_MAX_LENGTH = 512
+DEFAULT_SIDECAR_CONNECT_TIMEOUT_S = 3.0
+DEFAULT_SIDECAR_READ_TIMEOUT_S = 30.0
+# Attempts per sidecar call, and the wall-clock budget all attempts and backoffs must fit in.
+DEFAULT_SIDECAR_MAX_ATTEMPTS = 4
+DEFAULT_SIDECAR_RETRY_BUDGET_S = 60.0
+# Consecutive failed calls that open the circuit breaker, and how long it stays open.
+DEFAULT_BREAKER_THRESHOLD = 5
+DEFAULT_BREAKER_RESET_S = 15.0
+# How long the TTS task waits for `tts.acknowledged.<tx>` before giving up.
+DEFAULT_TTS_ACK_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker, the bridge or the CLI needs to know, built once with `from_env()`."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    broker_url: str = DEFAULT_REDIS_URL
+    result_backend: str = DEFAULT_REDIS_URL
+    sidecar_url: str = DEFAULT_SIDECAR_URL
+    sidecar_token: str | None = field(default=None, repr=False)
+    sidecar_connect_timeout_s: float = DEFAULT_SIDECAR_CONNECT_TIMEOUT_S
+    sidecar_read_timeout_s: float = DEFAULT_SIDECAR_READ_TIMEOUT_S
+    sidecar_max_attempts: int = DEFAULT_SIDECAR_MAX_ATTEMPTS
+    sidecar_retry_budget_s: float = DEFAULT_SIDECAR_RETRY_BUDGET_S
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    breaker_reset_s: float = DEFAULT_BREAKER_RESET_S
+    lancedb_uri: str = DEFAULT_LANCEDB_URI
+    visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+    tts_enabled: bool = False
+    tts_ack_timeout_s: float = DEFAULT_TTS_ACK_TIMEOUT_S
+    max_position_size_pct: float = RISK_GATE_CONFIG["max_position_size_pct"]
+    max_daily_loss_pct: float = RISK_GATE_CONFIG["max_daily_loss_pct"]
+    nav: float = DEFAULT_NAV
+    daily_pnl: float = 0.0
+    default_symbol: str = DEFAULT_SYMBOL
+    max_length: int = DEFAULT_MAX_LENGTH
+    json_logs: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Build settings from `env` (default: `os.environ`); keyword overrides win."""
+        env = os.environ if env is None else env
+        redis_url = env.get("OSIRIS_REDIS_URL") or DEFAULT_REDIS_URL
+        values = dict(
+            redis_url=redis_url,
+            broker_url=env.get("CELERY_BROKER_URL") or redis_url,
+            result_backend=env.get("CELERY_RESULT_BACKEND") or redis_url,
+            sidecar_url=(
+                env.get("OSIRIS_SIDECAR_URL") or env.get("PHI3_API_URL") or DEFAULT_SIDECAR_URL
+            ).rstrip("/"),
+            sidecar_token=env.get("OSIRIS_SIDECAR_TOKEN") or None,
+            sidecar_read_timeout_s=_float(env, "OSIRIS_SIDECAR_READ_TIMEOUT_S",
+                                          DEFAULT_SIDECAR_READ_TIMEOUT_S),
+            sidecar_retry_budget_s=_float(env, "OSIRIS_SIDECAR_RETRY_BUDGET_S",
+                                          DEFAULT_SIDECAR_RETRY_BUDGET_S),
+            lancedb_uri=env.get("OSIRIS_LANCEDB_URI") or DEFAULT_LANCEDB_URI,
+            visibility_timeout_s=_int(env, "OSIRIS_VISIBILITY_TIMEOUT_S",
+                                      DEFAULT_VISIBILITY_TIMEOUT_S),
+            tts_enabled=_bool(env, "OSIRIS_TTS_ENABLED"),
+            max_position_size_pct=_float(env, "OSIRIS_MAX_POSITION_SIZE_PCT",
+                                         RISK_GATE_CONFIG["max_position_size_pct"]),
+            max_daily_loss_pct=_float(env, "OSIRIS_MAX_DAILY_LOSS_PCT",
+                                      RISK_GATE_CONFIG["max_daily_loss_pct"]),
+            nav=_float(env, "OSIRIS_NAV", DEFAULT_NAV),
+            daily_pnl=_float(env, "OSIRIS_DAILY_PNL", 0.0),
+            default_symbol=env.get("OSIRIS_DEFAULT_SYMBOL") or DEFAULT_SYMBOL,
+            json_logs=_bool(env, "OSIRIS_JSON_LOGS"),
+        )
+        values.update(overrides)
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        """Return self, or raise `ConfigError` naming the first unusable value."""
+        if not 0 < self.max_position_size_pct < 1 or not 0 < self.max_daily_loss_pct < 1:
+            raise ConfigError("risk limits must be fractions between 0 and 1")
+        if self.sidecar_retry_budget_s >= self.visibility_timeout_s:
+            raise ConfigError(
+                "OSIRIS_VISIBILITY_TIMEOUT_S must exceed the sidecar retry budget "
+                f"({self.sidecar_retry_budget_s:g} s), or tasks are delivered twice"
+            )
+        return self
+
+    def with_(self, **changes) -> Settings:
+        """A copy with some fields changed (tests, CLI flags)."""
+        return replace(self, **changes).validated()
+
+    @property
+    def task_time_limit_s(self) -> int:
+        """Hard limit for any task: above the sidecar budget, well under the visibility timeout."""
+        return int(min(self.sidecar_retry_budget_s + 30, self.visibility_timeout_s * 0.8))
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***`, for logs and records."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be finite, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    return int(_float(env, name, default))
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    return (env.get(name) or "").strip().lower() in {"1", "true", "yes", "on"}

@@ -1,0 +1,117 @@
+"""Thin Celery tasks: one per graph node, `osiris.<node>`, plus `osiris.speak` for TTS.
+
+A task only rebuilds the state it was given (a chain's state, or a chord's parts merged with the
+graph's reducers), calls the guarded node with this process's resources, and either returns the
+new state, returns its part of a chord, retries a storage failure, or replaces itself with the
+continuation a router chose.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from .canvas import continuation, topology
+from .celery_app import app, settings_of
+from .errors import StoreError
+from .graph import NODE_NAMES
+from .middleware import guarded, node_functions
+from .resources import Resources
+from .state import apply_update, apply_updates
+from .tts import speak_assessment
+
+__all__ = ["NodeTask", "resources", "speak"]
+
+logger = logging.getLogger(__name__)
+
+# Storage failures (LanceDB commit conflicts, a briefly unwritable disk) are retried this often
+# with this backoff before the run is recorded as failed (or dead-lettered).
+STORE_MAX_RETRIES = 3
+STORE_RETRY_BACKOFF_S = 2.0
+
+_resources: Resources | None = None
+
+
+def resources() -> Resources:
+    """This process's resources, built on first use from the app's settings."""
+    global _resources
+    settings = settings_of(app)
+    if _resources is None or _resources.settings is not settings:  # reconfigured (tests)
+        _resources = Resources.from_settings(settings)
+    return _resources
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: Any) -> None:
+    if _resources is not None:
+        _resources.reset_after_fork()
+
+
+@worker_process_shutdown.connect
+def _close(**_: Any) -> None:
+    if _resources is not None:
+        _resources.close()
+
+
+class NodeTask(Task):
+    """Runs one graph node on a run's state."""
+
+    max_retries = STORE_MAX_RETRIES
+    node: str = ""
+
+    def run_node(self, incoming: Any, run_id: str, base: Mapping | None = None,
+                 member: bool = False) -> Any:
+        state = self._incoming_state(incoming, base)
+        final = self.request.retries >= self.max_retries
+        fn = node_functions(resources(), speak=_speak_fn(), final=final)[self.node]
+        try:
+            update = guarded(self.node, fn, reraise=() if final else (StoreError,))(state)
+        except StoreError as exc:
+            countdown = STORE_RETRY_BACKOFF_S * 2 ** self.request.retries * random.uniform(1, 2)
+            logger.warning("run_id=%s node=%s storage failed, retry in %.1f s: %s",
+                           run_id, self.node, countdown, exc)
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        if member:
+            return {"node": self.node, "update": update}
+        new_state = apply_update(state, update)
+        if self.node in topology().routers:
+            return self.replace(continuation(self.app, topology().route(self.node, new_state),
+                                             new_state))
+        return new_state
+
+    @staticmethod
+    def _incoming_state(incoming: Any, base: Mapping | None) -> dict[str, Any]:
+        if isinstance(incoming, list):  # a chord's parts, joined onto the state they forked
+            return apply_updates(base or {}, [(p["node"], p["update"]) for p in incoming])
+        return dict(incoming)
+
+
+def _speak_fn():
+    if not settings_of(app).tts_enabled:
+        return None
+    return lambda **kwargs: speak.apply_async(kwargs=kwargs)
+
+
+def _register(node: str) -> NodeTask:
+    def run(self: NodeTask, incoming: Any, run_id: str, base: Mapping | None = None,
+            member: bool = False) -> Any:
+        return self.run_node(incoming, run_id, base=base, member=member)
+
+    run.__name__ = node
+    return app.task(run, name=f"osiris.{node}", base=NodeTask, bind=True, node=node)
+
+
+NODE_TASKS = {node: _register(node) for node in NODE_NAMES}
+
+
+@app.task(name="osiris.speak", ignore_result=True, acks_late=False)
+def speak(run_id: str, transaction_id: str, text: str) -> dict:
+    """Voice an assessment; never retried, never part of a run's outcome."""
+    res = resources()
+    return speak_assessment(res.bus, res.sidecar, run_id=run_id, transaction_id=transaction_id,
+                            text=text, ack_timeout_s=res.settings.tts_ack_timeout_s)

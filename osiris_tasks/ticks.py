@@ -1,0 +1,120 @@
+"""Validation of market ticks: what may enter a batch, and why anything else may not."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from .errors import TickRejected
+
+__all__ = ["MAX_TICK_BYTES", "Tick", "parse_tick", "validate_tick"]
+
+# A tick is a small JSON object; anything bigger is not a tick (and must not stall the bridge).
+MAX_TICK_BYTES = 4096
+# A tick with more keys than this is garbage, whatever the keys are.
+MAX_TICK_KEYS = 32
+SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,16}")
+# Epoch values above this are taken as milliseconds.
+EPOCH_MS_THRESHOLD = 1e11
+# Timestamps outside [2000-01-01, 2100-01-01) are rejected as nonsense.
+MIN_EPOCH_S, MAX_EPOCH_S = 946_684_800.0, 4_102_444_800.0
+SAMPLE_CHARS = 80
+OPTIONAL_PRICES = ("open", "high", "low")
+
+Tick = dict[str, Any]
+
+
+def parse_tick(raw: bytes | str, *, default_symbol: str, now_s: float | None = None) -> Tick:
+    """Decode a Pub/Sub payload and validate it; raise `TickRejected` with the reason."""
+    if len(raw) > MAX_TICK_BYTES:
+        raise TickRejected(f"message of {len(raw)} bytes exceeds {MAX_TICK_BYTES}",
+                           sample=_sample(raw))
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise TickRejected(f"not JSON: {exc}", sample=_sample(raw)) from exc
+    return validate_tick(obj, default_symbol=default_symbol, now_s=now_s)
+
+
+def validate_tick(obj: Any, *, default_symbol: str, now_s: float | None = None) -> Tick:
+    """Return the tick's validated fields only; raise `TickRejected` with the reason."""
+    if not isinstance(obj, Mapping):
+        raise TickRejected(f"tick must be a JSON object, got {type(obj).__name__}")
+    if len(obj) > MAX_TICK_KEYS:
+        raise TickRejected(f"tick has {len(obj)} keys (max {MAX_TICK_KEYS})")
+    tick: Tick = {
+        "symbol": _symbol(obj.get("symbol"), default_symbol),
+        "close": _price(obj, "close" if "close" in obj else "price", required=True),
+        "timestamp": _timestamp(obj.get("timestamp"), now_s),
+    }
+    for name in OPTIONAL_PRICES:
+        if obj.get(name) is not None:
+            tick[name] = _price(obj, name, required=True)
+    if obj.get("volume") is not None:
+        tick["volume"] = _finite(obj["volume"], "volume")
+        if tick["volume"] < 0:
+            raise TickRejected("volume must not be negative")
+    if "high" in tick and "low" in tick and tick["high"] < tick["low"]:
+        raise TickRejected("high is below low")
+    return tick
+
+
+def _sample(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return text[:SAMPLE_CHARS].encode("unicode_escape").decode("ascii")
+
+
+def _finite(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TickRejected(f"{name} must be a number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise TickRejected(f"{name} is out of range") from exc
+    if not math.isfinite(number):
+        raise TickRejected(f"{name} must be finite")
+    return number
+
+
+def _price(obj: Mapping, name: str, *, required: bool) -> float:
+    if obj.get(name) is None:
+        raise TickRejected("missing close (or price)" if name in ("close", "price") else
+                           f"missing {name}")
+    price = _finite(obj[name], name)
+    if price <= 0:
+        raise TickRejected(f"{name} must be positive")
+    return price
+
+
+def _symbol(value: Any, default_symbol: str) -> str:
+    if value is None:
+        return default_symbol
+    if not isinstance(value, str) or not SYMBOL_RE.fullmatch(value):
+        raise TickRejected("symbol must be 1-16 letters, digits, '.', '-' or '_'")
+    return value
+
+
+def _timestamp(value: Any, now_s: float | None) -> float:
+    if value is None:
+        return time.time() if now_s is None else now_s
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError as exc:
+            raise TickRejected("timestamp is neither ISO 8601 nor epoch") from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        epoch = parsed.timestamp()
+    else:
+        epoch = _finite(value, "timestamp")
+        if epoch > EPOCH_MS_THRESHOLD:
+            epoch /= 1000.0
+    if not MIN_EPOCH_S <= epoch < MAX_EPOCH_S:
+        raise TickRejected("timestamp is outside 2000..2100")
+    return epoch

@@ -1,0 +1,97 @@
+"""The pipeline on a real worker process over a real Redis broker and result backend.
+
+Serialization, routing to the three queues, the chord on a real backend and the events on
+Pub/Sub are only proven here; eager mode hides all of them.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from conftest import wait_for
+from pipeline_helpers import ACCEPTED_BATCH, REJECTED_BATCH, EventListener
+
+from osiris_tasks import InProcessRunner, Resources, app, configure, initial_state, submit_run
+from osiris_tasks.state import comparable
+from osiris_tasks.store import RunStore
+
+pytestmark = pytest.mark.integration
+CHANNELS = ("advice.generated", "phi3.proposal.created", "phi3.proposal.assessed")
+
+
+@pytest.fixture
+def pipeline(settings, worker_factory):
+    configure(app, settings)
+    worker_factory(settings)
+    listener = EventListener(settings.redis_url, *CHANNELS)
+    store = RunStore(settings.lancedb_uri)
+    yield settings, listener, store
+    listener.close()
+    store.close()
+
+
+def finished(store, run_id, timeout_s=60):
+    return wait_for(lambda: store.get_run(run_id), timeout_s=timeout_s)
+
+
+def test_accepted_run_on_a_real_worker(pipeline):
+    settings, listener, store = pipeline
+    state = initial_state(ACCEPTED_BATCH)
+    submit_run(app, state)
+    row = finished(store, state["run_id"])
+    assert row["status"] == "success"
+    assert row["transaction_id"].startswith("tx_")
+    wait_for(lambda: len(listener.of(state["run_id"])) == 3, timeout_s=10)
+    advice = listener.of(state["run_id"], "advice.generated")[0]
+    assert advice["status"] == "success" and advice["risk_gate_verdict"]["accepted"]
+    assert advice["event_id"] == f"{state['run_id']}:advice.generated"
+    created = listener.of(state["run_id"], "phi3.proposal.created")[0]
+    assert created["orchestrator_run_id"] == state["run_id"]
+    assert created["transaction_id"] == row["transaction_id"]
+    assessed = listener.of(state["run_id"], "phi3.proposal.assessed")[0]
+    assert assessed["proposal_transaction_id"] == row["transaction_id"]
+    assert assessed["assessment_text"] == row["assessment"]
+
+
+def test_rejected_run_on_a_real_worker(pipeline):
+    settings, listener, store = pipeline
+    state = initial_state(REJECTED_BATCH)
+    submit_run(app, state)
+    row = finished(store, state["run_id"])
+    assert row["status"] == "success_risk_rejected" and row["rule"] == "position_size_limit"
+    wait_for(lambda: listener.of(state["run_id"]), timeout_s=10)
+    assert [c for c, m in listener.messages if m["run_id"] == state["run_id"]] == [
+        "advice.generated"]
+
+
+def test_many_runs_each_recorded_once(pipeline):
+    settings, listener, store = pipeline
+    states = [initial_state(ACCEPTED_BATCH if i % 2 else REJECTED_BATCH) for i in range(12)]
+    for state in states:
+        submit_run(app, state)
+    for state in states:
+        finished(store, state["run_id"], timeout_s=120)
+    assert store.count("orchestrator_runs") == 12
+    assert store.count("advice") == 12
+
+
+@pytest.mark.parametrize("batch", [ACCEPTED_BATCH, REJECTED_BATCH], ids=["accepted", "rejected"])
+def test_parity_in_process_vs_celery(pipeline, tmp_path, batch):
+    """The same batch against the same sidecar gives the same final state both ways."""
+    settings, listener, store = pipeline
+    state = initial_state(batch)
+    submit_run(app, state)
+    celery_row = finished(store, state["run_id"])
+
+    local = Resources.from_settings(settings.with_(lancedb_uri=str(tmp_path / "inproc")))
+    final = InProcessRunner(local).run(state)
+    local_row = local.store.get_run(state["run_id"])
+    local.close()
+
+    def view(row):
+        return comparable(orjson.loads(row["final_output"]))
+
+    assert view(celery_row) == view(local_row)
+    for column in ("prompt", "raw_completion", "input_query", "status", "proposal"):
+        assert celery_row[column] == local_row[column]
+    assert final["status"] == celery_row["status"]
