@@ -1,78 +1,73 @@
 """osiris_tasks: market ticks in, audited and risk-checked LLM trade proposals out.
 
-`celery -A osiris_tasks worker` finds the Celery app here as `app`.
+`celery -A osiris_tasks worker` finds the Celery app here as `app` (with every `osiris.*` task
+registered). Exports load lazily, so the light processes (bridge, simulator, reference sidecar)
+do not pay for LanceDB and LangGraph imports they never use.
 """
 
-from .canvas import build_canvas, continuation, submit_run, topology
-from .celery_app import QUEUES, app, configure
-from .errors import (
-    BridgeError,
-    ConfigError,
-    EventError,
-    OsirisError,
-    ProposalInvalid,
-    SidecarError,
-    SidecarResponseError,
-    SidecarStatusError,
-    SidecarTimeout,
-    SidecarUnavailable,
-    StoreError,
-    TickRejected,
-)
-from .graph import NODE_NAMES, Topology, build_graph, route_after_risk
-from .ids import new_run_id
-from .resources import Resources
-from .risk import RISK_GATE_CONFIG, RiskLimits, Verdict, assess
-from .runner import InProcessRunner, initial_state
-from .settings import Settings
-from .state import RunState, RunStatus, run_status
-from .ticks import parse_tick, validate_tick
+from __future__ import annotations
 
-from . import tasks as _tasks  # noqa: E402,F401,I001  registers the osiris.* tasks on `app`
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
+_EXPORTS = {
     # configuration and the Celery app
-    "Settings",
-    "app",
-    "configure",
-    "QUEUES",
+    "Settings": "settings",
+    "app": "celery_app",
+    "configure": "celery_app",
+    "QUEUES": "celery_app",
     # the workflow
-    "NODE_NAMES",
-    "build_graph",
-    "route_after_risk",
-    "Topology",
-    "RunState",
-    "RunStatus",
-    "run_status",
-    "initial_state",
-    "InProcessRunner",
-    "Resources",
+    "NODE_NAMES": "graph",
+    "build_graph": "graph",
+    "route_after_risk": "graph",
+    "Topology": "graph",
+    "RunState": "state",
+    "RunStatus": "state",
+    "run_status": "state",
+    "initial_state": "state",
+    "InProcessRunner": "runner",
+    "Resources": "resources",
     # the Celery canvas
-    "topology",
-    "build_canvas",
-    "continuation",
-    "submit_run",
-    "new_run_id",
+    "topology": "canvas",
+    "build_canvas": "canvas",
+    "continuation": "canvas",
+    "submit_run": "canvas",
+    "new_run_id": "ids",
     # ticks and the risk gate
-    "parse_tick",
-    "validate_tick",
-    "RISK_GATE_CONFIG",
-    "RiskLimits",
-    "Verdict",
-    "assess",
+    "parse_tick": "ticks",
+    "validate_tick": "ticks",
+    "RISK_GATE_CONFIG": "risk",
+    "RiskLimits": "risk",
+    "Verdict": "risk",
+    "assess": "risk",
     # errors
-    "OsirisError",
-    "ConfigError",
-    "TickRejected",
-    "ProposalInvalid",
-    "SidecarError",
-    "SidecarUnavailable",
-    "SidecarTimeout",
-    "SidecarStatusError",
-    "SidecarResponseError",
-    "StoreError",
-    "EventError",
-    "BridgeError",
-]
+    "OsirisError": "errors",
+    "ConfigError": "errors",
+    "TickRejected": "errors",
+    "ProposalInvalid": "errors",
+    "SidecarError": "errors",
+    "SidecarUnavailable": "errors",
+    "SidecarTimeout": "errors",
+    "SidecarStatusError": "errors",
+    "SidecarResponseError": "errors",
+    "StoreError": "errors",
+    "EventError": "errors",
+    "BridgeError": "errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name == "app":
+        import_module(".tasks", __name__)  # the worker's app comes with its tasks registered
+    return getattr(import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

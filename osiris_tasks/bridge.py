@@ -67,8 +67,8 @@ from redis.retry import Retry
 
 from .errors import BridgeError, ConfigError, TickRejected
 from .ids import new_run_id, utc_iso
-from .runner import initial_state
 from .settings import redact_url
+from .state import initial_state
 from .ticks import parse_tick
 
 __all__ = ["ADVICE_CHANNEL", "STATS_KEY", "Bridge", "BridgeConfig", "BridgeCounters"]

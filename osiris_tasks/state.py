@@ -9,8 +9,11 @@ LangGraph does.
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, TypedDict, get_args, get_origin, get_type_hints
+
+from .ids import new_run_id
 
 __all__ = [
     "RunState",
@@ -18,6 +21,7 @@ __all__ = [
     "apply_update",
     "apply_updates",
     "comparable",
+    "initial_state",
     "run_status",
 ]
 
@@ -116,3 +120,19 @@ VOLATILE_KEYS = frozenset({"timings_ms"})
 def comparable(state: Mapping[str, Any]) -> dict[str, Any]:
     """The state without what differs between executions (timings), for parity checks."""
     return {k: v for k, v in state.items() if k not in VOLATILE_KEYS}
+
+
+def initial_state(
+    ticks: Iterable[Mapping[str, Any]], *, run_id: str | None = None,
+    created_at: float | None = None, ttl_s: float | None = None,
+) -> dict[str, Any]:
+    """The state a run starts with."""
+    created_at = time.time() if created_at is None else created_at
+    return {
+        "run_id": run_id or new_run_id(created_at),
+        "created_at": created_at,
+        "ttl_s": ttl_s,
+        "ticks": [dict(t) for t in ticks],
+        "errors": [],
+        "timings_ms": {},
+    }

@@ -6,7 +6,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -109,7 +109,7 @@ def _timestamp(value: Any, now_s: float | None) -> float:
         except ValueError as exc:
             raise TickRejected("timestamp is neither ISO 8601 nor epoch") from exc
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         epoch = parsed.timestamp()
     else:
         epoch = _finite(value, "timestamp")
