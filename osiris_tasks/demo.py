@@ -89,7 +89,7 @@ class Children:
                                    f"{self.env['OSIRIS_DEMO_LOG_DIR']}")
 
     def stop(self) -> None:
-        for name, proc in reversed(self.procs):
+        for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         for name, proc in reversed(self.procs):
@@ -177,7 +177,8 @@ def _run(settings, options, children, env, sidecar_port, console) -> int:
     client = redis.Redis.from_url(env["OSIRIS_REDIS_URL"])
     client.delete(STATS_KEY)
     baseline = store.count("orchestrator_runs")
-    _wait_subscribed(client, MARKET_CHANNEL, children, START_TIMEOUT_S)  # or the first ticks are lost
+    # Pub/Sub keeps nothing: ticks published before the bridge subscribes would be lost.
+    _wait_subscribed(client, MARKET_CHANNEL, children, START_TIMEOUT_S)
     sim = children.start("simulator", "osiris_tasks.cli", "sim", "--rate",
                          str(options.rate_per_s), "--duration", str(options.duration_s),
                          "--symbols", options.symbols, "--seed", str(options.seed))
