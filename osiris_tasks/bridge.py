@@ -37,9 +37,9 @@ Failures
 Stop (`stop()`, which the CLI calls on SIGINT/SIGTERM)
     The bridge stops reading, turns every non-empty buffer (partial or held back) into a run,
     ignoring `max_inflight`, with one log line per batch (run_id, tick count), and gives the
-    submitter up to 10 s to submit everything queued. Runs still unsubmitted then are logged one
-    by one (run_id, tick count) and counted as `runs_abandoned`. It then logs the final
-    counters, writes them to Redis and returns.
+    submitter up to `drain_timeout_s` (10 s) to submit everything queued, retries included.
+    Runs still unsubmitted then are logged one by one (run_id, tick count) and counted as
+    `runs_abandoned`. It then logs the final counters, writes them to Redis and returns.
 
 Counters
     `ticks_received`, `ticks_rejected` (and `ticks_rejected.<reason>`), `ticks_batched`,
@@ -87,7 +87,7 @@ INFLIGHT_TIMEOUT_S = 600.0
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
 # Backoff between attempts to submit one run: doubles from MIN to MAX.
 SUBMIT_BACKOFF_MIN_S, SUBMIT_BACKOFF_MAX_S = 0.5, 10.0
-# At stop, how long the submitter may take to submit what is queued.
+# At stop, how long the submitter may take by default to submit what is queued.
 DRAIN_TIMEOUT_S = 10.0
 # At most one log line per rejection reason per this many seconds.
 REJECT_LOG_INTERVAL_S = 5.0
@@ -96,6 +96,8 @@ CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S = 2.0, 5.0
 # The Pub/Sub connection PINGs Redis when idle this long, so a dead peer is noticed.
 HEALTH_CHECK_INTERVAL_S = 15
 REASON_KEY_CHARS = 40
+# How much of a rejected message its log line shows.
+SAMPLE_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class BridgeConfig:
     proposal_ttl_s: float | None = None
     max_inflight: int | None = None
     stats_interval_s: float = 10.0
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.ticks_per_proposal < 1:
@@ -122,8 +125,8 @@ class BridgeConfig:
         for name in ("max_wait_s", "proposal_ttl_s"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive (or unset)")
-        if self.stats_interval_s <= 0:
-            raise ConfigError("stats_interval_s must be positive")
+        if self.stats_interval_s <= 0 or self.drain_timeout_s < 0:
+            raise ConfigError("stats_interval_s must be positive, drain_timeout_s not negative")
 
 
 def reason_key(reason: str) -> str:
@@ -173,14 +176,21 @@ class _RejectionLog:
         self._last: dict[str, float] = {}
         self._skipped: dict[str, int] = {}
 
-    def __call__(self, exc: TickRejected) -> None:
+    def __call__(self, exc: TickRejected, raw: bytes) -> None:
         key, now = reason_key(exc.reason), time.monotonic()
         if now - self._last.get(key, -self._interval_s) < self._interval_s:
             self._skipped[key] = self._skipped.get(key, 0) + 1
             return
         self._last[key] = now
         logger.warning("tick rejected: %s; sample %r (%d more like it not logged)",
-                       exc.reason, exc.sample, self._skipped.pop(key, 0))
+                       exc.reason, exc.sample or _sample(raw), self._skipped.pop(key, 0))
+
+
+def _sample(raw: bytes | str) -> str:
+    """The start of a message, printable and on one line."""
+    text = raw[:SAMPLE_CHARS]
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    return text.encode("unicode_escape").decode("ascii")
 
 
 @dataclass
@@ -389,9 +399,10 @@ class Bridge:
     """Reads ticks from Redis Pub/Sub and submits one run per batch (see the module docstring).
 
     `submit(state)` starts a run (the CLI passes `lambda state: submit_run(app, state)`); it is
-    called from a submitter thread. `redis_client` must not decode responses; by default one
-    is built from `config.redis_url`. `clock` stamps each batch's `created_at`. A Bridge runs
-    once.
+    called from a submitter thread. By default the bridge builds its Redis client from
+    `config.redis_url`; a `redis_client` passed instead must not decode responses and should
+    not retry (`retry=Retry(NoBackoff(), 0)`), or redis-py reconnects behind the bridge's back
+    and the gap goes uncounted. `clock` stamps each batch's `created_at`. A Bridge runs once.
     """
 
     def __init__(self, config: BridgeConfig, submit: Callable[[dict], None], *,
@@ -422,6 +433,11 @@ class Bridge:
     def run(self, stop: threading.Event | None = None) -> None:
         """Read and batch until `stop()` is called or `stop` is set; then drain and return."""
         self._external_stop = stop
+        config = self._config
+        logger.info("bridge starting: %s ticks_per_proposal=%d group_by=%s max_wait_s=%s "
+                    "max_inflight=%s proposal_ttl_s=%s", config.market_channel,
+                    config.ticks_per_proposal, config.group_by, config.max_wait_s,
+                    config.max_inflight, config.proposal_ttl_s)
         self._submitter.start()
         self._stats.start()
         try:
@@ -456,8 +472,9 @@ class Bridge:
                 raise BridgeError(f"Redis refused our credentials: {exc}") from exc
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 failures += 1
-                logger.info("Redis unreachable (%s); attempt %d, next in %.1f s", exc,
-                            failures, delay_s)
+                logger.log(logging.WARNING if failures == 1 else logging.INFO,
+                           "Redis unreachable (%s); attempt %d, next in %.1f s", exc,
+                           failures, delay_s)
                 self._batcher.flush_aged()
                 self._sleep(delay_s)
                 delay_s = min(delay_s * 2, RECONNECT_MAX_S)
@@ -503,7 +520,7 @@ class Bridge:
             tick = parse_tick(data, default_symbol=self._config.default_symbol)
         except TickRejected as exc:
             self._counters.reject(exc.reason)
-            self._log_rejection(exc)
+            self._log_rejection(exc, data)
             return
         self._batcher.add(tick)
 
@@ -524,7 +541,7 @@ class Bridge:
 
     def _shutdown(self) -> None:
         self._batcher.drain()
-        self._submitter.close(DRAIN_TIMEOUT_S)
+        self._submitter.close(self._config.drain_timeout_s)
         self._stats.close()
         if self._owns_client:
             self._redis.close()

@@ -1,0 +1,305 @@
+"""RunStore against a real LanceDB in a temp dir and the real Redis on loopback."""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import threading
+
+import pyarrow as pa
+import pytest
+import redis
+
+from osiris_tasks.errors import StoreError
+from osiris_tasks.store import (
+    ADVICE_SCHEMA,
+    ADVICE_TABLE,
+    RUNS_SCHEMA,
+    RUNS_TABLE,
+    RunStore,
+)
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+WORKERS = 4
+SHARED_RUNS = 50
+UNIQUE_RUNS = 10
+
+FULL_RUN = {
+    "run_id": "run_20250101T000000000Z_0123456789abcdef",
+    "timestamp": "2025-01-01T00:00:01.000+00:00",
+    "created_at": "2025-01-01T00:00:00.000+00:00",
+    "status": "done",
+    "symbols": "SPY,QQQ",
+    "side": "LONG",
+    "quantity": 3.0,
+    "verdict": "accepted",
+    "rule": "ok",
+    "score": 0.75,
+    "transaction_id": "tx-1",
+    "input_query": '{"symbol": "SPY"}',
+    "final_output": '{"ok": true}',
+    "error_message": None,
+    "prompt": "Propose a trade",
+    "raw_completion": '{"side": "LONG"}',
+    "proposal": '{"side": "LONG", "quantity": 3}',
+    "risk_verdict": '{"accepted": true}',
+    "assessment": "fine",
+    "timings_ms": '{"llm": 12.5}',
+    "events": "[]",
+}
+
+
+@pytest.fixture
+def redis_client():
+    """A Redis client on db 14, flushed before and after; skip (FAIL under CI) if unreachable."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis at {REDIS_URL} is unreachable under CI: {exc}")
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def uri(tmp_path) -> str:
+    return str(tmp_path / "lancedb")
+
+
+@pytest.fixture
+def store(uri):
+    """A store without Redis: process-local locking only."""
+    run_store = RunStore(uri)
+    yield run_store
+    run_store.close()
+
+
+@pytest.fixture
+def redis_store(uri, redis_client):
+    run_store = RunStore(uri, redis=redis_client)
+    yield run_store
+    run_store.close()
+
+
+def _run(run_id: str, **fields) -> dict:
+    return {"run_id": run_id, **fields}
+
+
+def _advice(advice_id: str, run_id: str = "run-1", **fields) -> dict:
+    return {"advice_id": advice_id, "run_id": run_id, **fields}
+
+
+def test_schemas_cover_the_documented_columns():
+    assert RUNS_SCHEMA.names == list(FULL_RUN)
+    assert ADVICE_SCHEMA.names == [
+        "advice_id", "run_id", "timestamp", "proposal", "accepted", "reason", "rule",
+        "nav_before_trade", "daily_pnl_before_trade",
+    ]
+    assert not RUNS_SCHEMA.field("run_id").nullable
+    assert ADVICE_SCHEMA.field("accepted").type == pa.bool_()
+
+
+def test_run_round_trip_stores_non_finite_floats_as_null(store):
+    assert store.record_run({**FULL_RUN, "score": math.nan, "quantity": math.inf})
+
+    assert store.get_run(FULL_RUN["run_id"]) == {**FULL_RUN, "score": None, "quantity": None}
+
+
+def test_missing_columns_are_null_and_timestamp_is_stamped(store):
+    store.record_run(_run("run-bare"))
+
+    row = store.get_run("run-bare")
+    assert row["timestamp"].endswith("+00:00")
+    assert all(row[name] is None for name in RUNS_SCHEMA.names if name not in ("run_id",
+                                                                             "timestamp"))
+
+
+def test_advice_round_trip_oldest_first(store):
+    later = _advice("adv-2", timestamp="2025-01-01T00:00:02+00:00", accepted=False,
+                    reason="too big", rule="max_position_size", proposal='{"quantity": 9}',
+                    nav_before_trade=100_000.0, daily_pnl_before_trade=-math.inf)
+    earlier = _advice("adv-1", timestamp="2025-01-01T00:00:01+00:00", accepted=True,
+                      nav_before_trade=math.nan, daily_pnl_before_trade=-12.5)
+    assert store.record_advice(later) and store.record_advice(earlier)
+    store.record_advice(_advice("adv-other", run_id="run-2"))
+
+    assert store.get_advice("run-1") == [
+        {**earlier, "proposal": None, "reason": None, "rule": None, "nav_before_trade": None},
+        {**later, "daily_pnl_before_trade": None},
+    ]
+    assert store.get_advice("run-unknown") == []
+
+
+@pytest.mark.parametrize(
+    ("table", "record", "row", "changed"),
+    [
+        (RUNS_TABLE, RunStore.record_run, _run("run-1", status="done"), {"status": "other"}),
+        (ADVICE_TABLE, RunStore.record_advice, _advice("adv-1", reason="a"), {"reason": "b"}),
+    ],
+)
+def test_recording_twice_keeps_the_first_row(store, table, record, row, changed):
+    assert record(store, row) is True
+    assert record(store, {**row, **changed}) is False
+
+    assert store.count(table) == 1
+    if table == RUNS_TABLE:
+        assert store.get_run("run-1")["status"] == "done"
+    else:
+        assert store.get_advice("run-1")[0]["reason"] == "a"
+
+
+def test_unknown_column_is_a_store_error(store):
+    with pytest.raises(StoreError, match="unknown column") as info:
+        store.record_run(_run("run-1", colour="blue"))
+    assert info.value.run_id == "run-1"
+    assert store.count(RUNS_TABLE) == 0
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "x" * 129, "a'b", "a' OR '1'='1", "a b", "run-1\n", "ü", None, 7]
+)
+def test_bad_keys_never_reach_a_filter(store, bad):
+    with pytest.raises(StoreError):
+        store.record_run(_run(bad))
+    with pytest.raises(StoreError):
+        store.record_advice(_advice("adv-1", run_id=bad))
+    with pytest.raises(StoreError):
+        store.record_advice(_advice(bad))
+    with pytest.raises(StoreError):
+        store.get_run(bad)
+
+
+def test_value_of_the_wrong_type_is_a_store_error(store):
+    with pytest.raises(StoreError, match="does not fit"):
+        store.record_run(_run("run-1", score="high"))
+
+
+def test_recent_runs_newest_first_and_limited(store):
+    for minute in (3, 1, 4, 2, 5):
+        store.record_run(_run(f"run-{minute}", timestamp=f"2025-01-01T00:0{minute}:00+00:00"))
+
+    assert [row["run_id"] for row in store.recent_runs(3)] == ["run-5", "run-4", "run-3"]
+    assert len(store.recent_runs()) == 5
+    assert store.recent_runs(0) == []
+    with pytest.raises(StoreError):
+        store.recent_runs(-1)
+
+
+def test_empty_store_reads(store):
+    assert store.get_run("run-1") is None
+    assert store.recent_runs() == []
+    assert list(store.iter_runs()) == []
+    assert store.count(ADVICE_TABLE) == 0
+    with pytest.raises(StoreError, match="unknown table"):
+        store.count("runs")
+
+
+def test_iter_runs_yields_every_run(store):
+    ids = {f"run-{i}" for i in range(7)}
+    for run_id in ids:
+        store.record_run(_run(run_id))
+
+    rows = list(store.iter_runs(batch_size=2))
+    assert {row["run_id"] for row in rows} == ids
+    assert len(rows) == len(ids)
+
+
+def test_a_second_store_reads_writes_made_after_it_opened(uri, store):
+    reader = RunStore(uri)
+    assert reader.count(RUNS_TABLE) == 0  # opens and caches its handle first
+
+    store.record_run(_run("run-1"))
+
+    assert reader.get_run("run-1")["run_id"] == "run-1"
+    assert [row["run_id"] for row in reader.recent_runs()] == ["run-1"]
+    reader.close()
+
+
+def test_close_and_reset_after_fork_reopen_lazily(store):
+    store.record_run(_run("run-1"))
+    store.close()
+    assert store.record_run(_run("run-2"))
+    store.reset_after_fork()
+    assert store.count(RUNS_TABLE) == 2
+
+
+def test_threads_sharing_a_store_without_redis_write_each_key_once(store):
+    keys = [f"run-{i}" for i in range(20)]
+    written = []
+
+    def work():
+        written.extend(key for key in keys if store.record_run(_run(key)))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(written) == sorted(keys)
+    assert store.count(RUNS_TABLE) == len(keys)
+
+
+def test_unwritable_uri_is_a_store_error_after_retries(tmp_path, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    store = RunStore(str(blocker / "lancedb"), max_attempts=2)
+
+    with caplog.at_level(logging.WARNING, logger="osiris_tasks.store"), \
+            pytest.raises(StoreError, match="gave up after 2 attempts") as info:
+        store.record_run(_run("run-1"))
+
+    assert info.value.run_id == "run-1"
+    assert isinstance(info.value.__cause__, OSError)
+    assert len([r for r in caplog.records if "attempt 1/2" in r.getMessage()]) == 1
+
+
+@pytest.mark.integration
+def test_redis_locked_writes_round_trip(redis_store, redis_client):
+    assert redis_store.record_run(_run("run-1"))
+    assert not redis_store.record_run(_run("run-1"))
+    assert redis_store.record_advice(_advice("adv-1"))
+
+    assert redis_store.count(RUNS_TABLE) == 1
+    assert redis_client.keys("osiris:lock:*") == []  # every lock was released
+
+
+def _record_in_process(uri: str, worker: int, barrier, results) -> None:
+    """Child process: record the shared runs and this worker's own, report what it wrote."""
+    store = RunStore(uri, redis=redis.Redis.from_url(REDIS_URL))
+    own = [f"own-{worker}-{i}" for i in range(UNIQUE_RUNS)]
+    shared = [f"shared-{i}" for i in range(SHARED_RUNS)]
+    try:
+        barrier.wait(timeout=120)  # all create the table, then append, at the same time
+        results.put(sorted(run_id for run_id in own + shared if store.record_run(_run(run_id))))
+    except Exception as exc:  # report, so the parent fails with the reason
+        results.put(repr(exc))
+
+
+@pytest.mark.integration
+def test_processes_record_each_run_exactly_once(uri, redis_client):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
+    procs = [ctx.Process(target=_record_in_process, args=(uri, worker, barrier, results))
+             for worker in range(WORKERS)]
+    for proc in procs:
+        proc.start()
+    reports = [results.get(timeout=240) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+
+    assert all(isinstance(report, list) for report in reports), reports
+    written = [run_id for report in reports for run_id in report]
+    expected = SHARED_RUNS + WORKERS * UNIQUE_RUNS
+    assert len(written) == len(set(written)) == expected
+    store = RunStore(uri)
+    rows = list(store.iter_runs())
+    assert sorted(row["run_id"] for row in rows) == sorted(written)
+    assert store.count(RUNS_TABLE) == expected
