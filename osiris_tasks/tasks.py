@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 STORE_MAX_RETRIES = 3
 STORE_RETRY_BACKOFF_S = 2.0
 
+RESULT_REPR_CHARS = 240
+
 _resources: Resources | None = None
 
 
@@ -62,6 +64,9 @@ class NodeTask(Task):
     """Runs one graph node on a run's state."""
 
     max_retries = STORE_MAX_RETRIES
+    # Flower shows the result's repr from the task-succeeded event: the start of the state
+    # (run_id first) is enough there; the whole state is in LanceDB.
+    resultrepr_maxsize = RESULT_REPR_CHARS
     node: str = ""
 
     def run_node(self, incoming: Any, run_id: str, base: Mapping | None = None,
