@@ -1,7 +1,7 @@
 """The Celery canvas of a run, derived from the graph's topology.
 
 The entry path (up to the first router) is one chain submitted by the bridge; the router's task
-replaces itself with the continuation the router chose: a chord of parallel nodes joined at
+submits the continuation the router chose: a chord of parallel nodes joined at
 their common successor, or a plain chain. Every signature carries `run_id` in its kwargs, so
 Flower shows it and finds it.
 """

@@ -2,8 +2,8 @@
 
 A task only rebuilds the state it was given (a chain's state, or a chord's parts merged with the
 graph's reducers), calls the guarded node with this process's resources, and either returns the
-new state, returns its part of a chord, retries a storage failure, or replaces itself with the
-continuation a router chose.
+new state, returns its part of a chord, retries a storage failure, or submits the continuation
+a router chose.
 """
 
 from __future__ import annotations
@@ -85,9 +85,14 @@ class NodeTask(Task):
             return {"node": self.node, "update": update}
         new_state = apply_update(state, update)
         if self.node in topology().routers:
-            return self.replace(continuation(self.app, topology().route(self.node, new_state),
-                                             new_state))
+            return self._continue(new_state)
         return new_state
+
+    def _continue(self, state: dict[str, Any]) -> Any:
+        """Submit what the router chose, as new tasks (not `replace`, which hands this task's id
+        to the last task of the branch, so Flower would lose one task of the run)."""
+        result = continuation(self.app, topology().route(self.node, state), state).apply_async()
+        return result.get() if self.request.is_eager else state  # eager: the final state
 
     @staticmethod
     def _incoming_state(incoming: Any, base: Mapping | None) -> dict[str, Any]:
