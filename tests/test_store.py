@@ -303,3 +303,31 @@ def test_processes_record_each_run_exactly_once(uri, redis_client):
     rows = list(store.iter_runs())
     assert sorted(row["run_id"] for row in rows) == sorted(written)
     assert store.count(RUNS_TABLE) == expected
+
+
+class _UnblockOnRetry(logging.Handler):
+    """Removes the file in the store's way when the store logs its first retry."""
+
+    def __init__(self, blocker):
+        super().__init__()
+        self.blocker = blocker
+
+    def emit(self, record):
+        if "retrying" in record.getMessage():
+            self.blocker.unlink(missing_ok=True)
+
+
+def test_a_failure_that_clears_is_retried_and_the_write_lands(tmp_path):
+    blocker = tmp_path / "in-the-way"
+    blocker.write_text("not a directory")
+    handler = _UnblockOnRetry(blocker)
+    logger = logging.getLogger("osiris_tasks.store")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.WARNING
+    try:
+        store = RunStore(str(blocker / "lancedb"), max_attempts=3)
+        assert store.record_run(_run("run-1"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert store.get_run("run-1")["run_id"] == "run-1"
