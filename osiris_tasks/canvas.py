@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery, chain, chord, group
 from celery.canvas import Signature
 
+from . import telemetry
 from .graph import NODE_NAMES, Topology, build_graph
 
 __all__ = ["build_canvas", "continuation", "submit_run", "task_name", "topology"]
@@ -81,5 +82,6 @@ def continuation(app: Celery, targets: Sequence[str], state: Mapping[str, Any]) 
 
 
 def submit_run(app: Celery, state: Mapping[str, Any]):
-    """Submit a run's canvas; returns the AsyncResult of its chain."""
-    return build_canvas(app, state).apply_async()
+    """Submit a run's canvas in its root span; returns the AsyncResult of its chain."""
+    with telemetry.batch_span(state["run_id"], len(state.get("ticks", ()))):
+        return build_canvas(app, state).apply_async()

@@ -55,6 +55,8 @@ def _bridge_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "proposal_ttl_s", type=float, default=None, help="older runs are recorded expired")
     _flag(p, "max_inflight", type=int, default=None, help="at most N runs queued or running")
     _flag(p, "stats_interval_s", type=float, default=10.0)
+    _flag(p, "metrics_port", type=int, default=None, help="serve Prometheus /metrics here")
+    _flag(p, "metrics_addr", default="127.0.0.1", help="address of the /metrics endpoint")
     _common(p)
 
 
@@ -125,11 +127,13 @@ def cmd_sidecar(args, settings: Settings) -> int:
 
 
 def cmd_bridge(args, settings: Settings) -> int:
+    from . import telemetry
     from .bridge import Bridge, BridgeConfig
     from .canvas import submit_run
     from .celery_app import app, configure
 
     configure(app, settings)
+    telemetry.setup(settings, telemetry.BRIDGE_SERVICE)
     config = BridgeConfig(
         redis_url=args.redis_url or settings.redis_url, market_channel=args.market_channel,
         ticks_per_proposal=args.ticks_per_proposal, max_wait_s=args.max_wait_s,
@@ -137,8 +141,15 @@ def cmd_bridge(args, settings: Settings) -> int:
         proposal_ttl_s=args.proposal_ttl_s, max_inflight=args.max_inflight,
         stats_interval_s=args.stats_interval_s)
     bridge = Bridge(config, lambda state: submit_run(app, state))
+    if args.metrics_port:
+        from .metrics import serve_metrics
+
+        serve_metrics(args.metrics_port, lambda: bridge.counters, addr=args.metrics_addr)
     _stop_on_signals(bridge.stop)
-    bridge.run()
+    try:
+        bridge.run()
+    finally:
+        telemetry.shutdown()
     return 0
 
 

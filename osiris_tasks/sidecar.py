@@ -27,6 +27,7 @@ from opentelemetry import propagate
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
+from . import telemetry
 from .errors import (
     SidecarError,
     SidecarResponseError,
@@ -289,18 +290,22 @@ class SidecarClient:
         return wait_s if self._clock() + wait_s < deadline else None
 
     def _send(self, request: _Request, deadline: float) -> bytes:
-        """One HTTP exchange; returns the 2xx body or raises a `SidecarError`."""
-        try:
-            with self._session.request(
-                request.method, self.base_url + request.path, params=request.params,
-                json=request.payload, headers=self._headers(), timeout=self._timeouts(deadline),
-                stream=True, allow_redirects=False,
-            ) as response:
-                if not 200 <= response.status_code < 300:
-                    raise self._status_error(request, response)
-                return self._read_body(request, response)
-        except requests.RequestException as exc:
-            raise self._converted(request, exc) from exc
+        """One HTTP exchange, one CLIENT span; returns the 2xx body or raises a `SidecarError`."""
+        url = self.base_url + request.path
+        with telemetry.client_span(f"sidecar {request.where}", request.run_id,
+                                   method=request.method, url=url) as span:
+            try:
+                with self._session.request(
+                    request.method, url, params=request.params, json=request.payload,
+                    headers=self._headers(), timeout=self._timeouts(deadline), stream=True,
+                    allow_redirects=False,
+                ) as response:
+                    span.set_attribute("http.response.status_code", response.status_code)
+                    if not 200 <= response.status_code < 300:
+                        raise self._status_error(request, response)
+                    return self._read_body(request, response)
+            except requests.RequestException as exc:
+                raise self._converted(request, exc) from exc
 
     def _headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}

@@ -14,8 +14,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
+from . import telemetry
 from .canvas import continuation, topology
 from .celery_app import app, settings_of
 from .errors import StoreError
@@ -48,16 +54,28 @@ def resources() -> Resources:
     return _resources
 
 
+@worker_init.connect
+def _trace_worker(sender: Any = None, **_: Any) -> None:
+    telemetry.setup_worker(sender, settings_of(app))
+
+
 @worker_process_init.connect
 def _reset_after_fork(**_: Any) -> None:
     if _resources is not None:
         _resources.reset_after_fork()
+    telemetry.setup(settings_of(app), telemetry.WORKER_SERVICE)
 
 
 @worker_process_shutdown.connect
 def _close(**_: Any) -> None:
     if _resources is not None:
         _resources.close()
+    telemetry.shutdown()
+
+
+@worker_shutdown.connect
+def _flush_traces(**_: Any) -> None:
+    telemetry.shutdown()
 
 
 class NodeTask(Task):
@@ -71,6 +89,7 @@ class NodeTask(Task):
 
     def run_node(self, incoming: Any, run_id: str, base: Mapping | None = None,
                  member: bool = False) -> Any:
+        telemetry.tag_run(run_id)
         state = self._incoming_state(incoming, base)
         final = self.request.retries >= self.max_retries
         fn = node_functions(resources(), speak=_speak_fn(), final=final)[self.node]

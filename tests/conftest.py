@@ -85,7 +85,8 @@ def settings(redis_url: str, sidecar_url: str, tmp_path: Path) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that make a subprocess read `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSIRIS_", "CELERY_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OSIRIS_", "CELERY_", "OTEL_"))}
     env.update({
         "OSIRIS_REDIS_URL": settings.redis_url,
         "OSIRIS_SIDECAR_URL": settings.sidecar_url,
@@ -138,11 +139,12 @@ class WorkerProcess:
 
 @pytest.fixture
 def worker_factory():
-    """Start workers with `worker_factory(settings, *extra_args)`; all stopped after the test."""
+    """Start workers with `worker_factory(settings, *extra_args, env_extra={})`; all stopped."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, *extra: str) -> WorkerProcess:
-        worker = WorkerProcess(settings_env(settings), *extra)
+    def start(settings: Settings, *extra: str,
+              env_extra: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess({**settings_env(settings), **(env_extra or {})}, *extra)
         started.append(worker)
         return worker
 

@@ -171,3 +171,34 @@ def test_flower_requires_auth_in_shipped_configs():
     assert "--basic-auth" in (REPO / "Procfile").read_text()
     flower = _compose()["services"]["flower"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+
+
+def test_bridge_serves_its_counters_as_prometheus_metrics(settings):
+    import redis as redis_lib
+
+    port = free_port()
+    bridge = subprocess.Popen(
+        [sys.executable, "-m", "osiris_tasks.cli", "bridge", "--metrics_port", str(port),
+         "--ticks_per_proposal", "100"], cwd=REPO, env=settings_env(settings),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        wait_for(lambda: dict(client.pubsub_numsub("market.ticks")).get(b"market.ticks"),
+                 timeout_s=60)
+        client.publish("market.ticks", b'{"symbol": "AAPL", "close": 101.5}')
+        client.publish("market.ticks", b"not json")
+
+        def scrape():
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except requests.RequestException:
+                return None
+            return text if "osiris_bridge_ticks_received_total 2.0" in text else None
+
+        text = wait_for(scrape, timeout_s=20)
+        assert 'osiris_bridge_ticks_rejected_by_reason_total{reason="not_json"} 1.0' in text
+        assert "osiris_bridge_inflight" in text
+    finally:
+        os.killpg(bridge.pid, signal.SIGTERM)
+        bridge.wait(30)
+        client.close()
