@@ -51,7 +51,10 @@ class Resources:
             settings=settings,
             redis=client,
             sidecar=SidecarClient.from_settings(settings),
-            store=RunStore(settings.lancedb_uri, redis=client),
+            store=RunStore(
+                settings.lancedb_uri, redis=client,
+                maintain_every_commits=settings.store_maintain_every_commits,
+                cleanup_older_than_s=settings.store_cleanup_older_than_s),
             portfolio=Portfolio(client, default_nav=settings.nav,
                                 default_daily_pnl=settings.daily_pnl),
             bus=EventBus(client),

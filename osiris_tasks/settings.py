@@ -31,6 +31,9 @@ DEFAULT_SIDECAR_RETRY_BUDGET_S = 60.0
 # Consecutive failed calls that open the circuit breaker, and how long it stays open.
 DEFAULT_BREAKER_THRESHOLD = 5
 DEFAULT_BREAKER_RESET_S = 15.0
+# LanceDB maintenance: compact every N commits to a table; delete versions older than this.
+DEFAULT_STORE_MAINTAIN_EVERY_COMMITS = 100
+DEFAULT_STORE_CLEANUP_OLDER_THAN_S = 120.0
 # How long the TTS task waits for `tts.acknowledged.<tx>` before giving up.
 DEFAULT_TTS_ACK_TIMEOUT_S = 30.0
 
@@ -51,6 +54,8 @@ class Settings:
     breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
     breaker_reset_s: float = DEFAULT_BREAKER_RESET_S
     lancedb_uri: str = DEFAULT_LANCEDB_URI
+    store_maintain_every_commits: int = DEFAULT_STORE_MAINTAIN_EVERY_COMMITS
+    store_cleanup_older_than_s: float = DEFAULT_STORE_CLEANUP_OLDER_THAN_S
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
     tts_enabled: bool = False
     tts_ack_timeout_s: float = DEFAULT_TTS_ACK_TIMEOUT_S
@@ -82,6 +87,10 @@ class Settings:
             sidecar_retry_budget_s=_float(env, "OSIRIS_SIDECAR_RETRY_BUDGET_S",
                                           DEFAULT_SIDECAR_RETRY_BUDGET_S),
             lancedb_uri=env.get("OSIRIS_LANCEDB_URI") or DEFAULT_LANCEDB_URI,
+            store_maintain_every_commits=_int(env, "OSIRIS_STORE_MAINTAIN_EVERY_COMMITS",
+                                              DEFAULT_STORE_MAINTAIN_EVERY_COMMITS),
+            store_cleanup_older_than_s=_float(env, "OSIRIS_STORE_CLEANUP_OLDER_THAN_S",
+                                              DEFAULT_STORE_CLEANUP_OLDER_THAN_S),
             visibility_timeout_s=_int(env, "OSIRIS_VISIBILITY_TIMEOUT_S",
                                       DEFAULT_VISIBILITY_TIMEOUT_S),
             tts_enabled=_bool(env, "OSIRIS_TTS_ENABLED"),

@@ -5,12 +5,23 @@ become `StoreError` here, once.
 
 Guarantees, and what they rest on:
 
-* **Idempotent writes.** `record_run` / `record_advice` append a row only if its key
-  (`run_id` / `advice_id`) is absent, checked and appended under a per-key lock. LanceDB's own
-  `merge_insert` is not idempotent across concurrent writers, hence the lock. With a `redis`
-  client the lock is redis-py's `Lock`, which holds across processes and hosts; without one a
-  `threading.Lock` per store holds within one process only, so **several writer processes
-  need `redis`**.
+* **Idempotent writes.** `record_runs` / `record_advice_many` append each row only if its key
+  (`run_id` / `advice_id`) is absent: the writer claims the keys, asks which of them exist (one
+  `IN (...)` query), appends the absent rows in one commit, then releases the keys. A key another
+  writer has claimed is waited for, then checked again. LanceDB's own `merge_insert` is not
+  idempotent across concurrent writers, hence the claims. With a `redis` client a claim is a
+  `SET NX PX` on `osiris:lock:<table>:<key>` (redis-py `Lock`'s format, all keys of a batch in
+  one pipeline), which holds across processes and hosts; without one a `threading.Lock` per
+  store holds within one process only, so **several writer processes need `redis`**.
+* **Group commit.** `record_run` / `record_advice` (one row) hand the row to a per-table
+  committer: the first waiting thread writes every row queued so far in one commit, the others
+  wait for it. Threads sharing a store (a `--pool threads` worker) thus batch their writes with no
+  added latency, and a call still returns only once its row is committed (or raises).
+* **Maintenance.** Every append makes a fragment and a version; every
+  `maintain_every_commits` commits to a table (counted in Redis across processes), the store
+  runs `maintain()` on a background thread: compaction, cleanup of versions older than
+  `cleanup_older_than_s`, index update (`maintenance.py`), under a non-blocking lock so one
+  process does it at a time.
 * **Table creation is serialized** under the same kind of lock: lance turns a losing
   concurrent `create_table` into an overwrite, which can silently erase a row another process
   has just appended.
@@ -20,22 +31,26 @@ Guarantees, and what they rest on:
 * **Reads see other processes' writes**: the connection checks for a newer table version on
   every read (`read_consistency_interval=0`).
 
-Tables are created on first use, by reads as well as writes. Keys are validated against
+Tables are created on first use, by reads as well as writes, with BTREE indices on their keys
+(and `orchestrator_runs.timestamp`, for `recent_runs`). Keys are validated against
 `KEY_PATTERN` before they go into a filter, so no filter injection is possible.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import random
 import re
+import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import lancedb
 import pyarrow as pa
@@ -44,6 +59,7 @@ from redis.exceptions import LockNotOwnedError, RedisError
 
 from .errors import StoreError
 from .ids import utc_iso
+from .maintenance import ensure_indices, optimize_table, table_stats
 
 if TYPE_CHECKING:
     import redis
@@ -73,6 +89,32 @@ DEFAULT_MAX_ATTEMPTS = 6
 BACKOFF_BASE_S = 0.05
 BACKOFF_MAX_S = 2.0
 LOCK_PREFIX = "osiris:lock"
+# Redis counter of commits per table, across processes: what schedules maintenance.
+COMMITS_PREFIX = "osiris:store:commits"
+# Most rows in one commit (and one existence query); a bigger batch is written in chunks.
+MAX_BATCH_ROWS = 500
+# Wait before claiming again keys another writer holds: doubling from MIN to MAX.
+CLAIM_POLL_MIN_S = 0.01
+CLAIM_POLL_MAX_S = 0.2
+# Commits to a table between two maintenance runs; 0 turns automatic maintenance off.
+DEFAULT_MAINTAIN_EVERY_COMMITS = 100
+# Maintenance deletes versions older than this; a reader still on one fails and retries.
+DEFAULT_CLEANUP_OLDER_THAN_S = 120.0
+# Longest one maintenance run may hold its lock (a compaction of a big backlog is slow).
+MAINTAIN_LOCK_TIMEOUT_S = 900.0
+# recent_runs looks for the newest rows this far back first, then in the whole table.
+RECENT_WINDOWS_S = (60.0, 3600.0)
+# Deletes each claim still holding this writer's token (a claim that expired is left alone).
+_RELEASE_CLAIMS_LUA = """
+local released = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[1] then
+    redis.call('del', key)
+    released = released + 1
+  end
+end
+return released
+"""
 # What lance raises for commit conflicts, creation races and I/O trouble: worth a retry.
 _RETRYABLE = (OSError, RuntimeError, ValueError, pa.ArrowException)
 
@@ -101,10 +143,17 @@ RUNS_SCHEMA = pa.schema(
                "raw_completion", "proposal", "risk_verdict", "assessment", "timings_ms",
                "events")]
 )
-# table name -> (schema, the column that makes a row unique)
-_TABLES: Mapping[str, tuple[pa.Schema, str]] = {
-    ADVICE_TABLE: (ADVICE_SCHEMA, "advice_id"),
-    RUNS_TABLE: (RUNS_SCHEMA, "run_id"),
+
+
+class _Spec(NamedTuple):
+    schema: pa.Schema
+    key: str  # the column that makes a row unique
+    indexed: tuple[str, ...]  # columns with a BTREE index
+
+
+_TABLES: Mapping[str, _Spec] = {
+    ADVICE_TABLE: _Spec(ADVICE_SCHEMA, "advice_id", ("advice_id", "run_id")),
+    RUNS_TABLE: _Spec(RUNS_SCHEMA, "run_id", ("run_id", "timestamp")),
 }
 
 
@@ -127,9 +176,9 @@ def _cell(field: pa.Field, value: Any) -> Any:
     return value
 
 
-def _arrow_row(table: str, row: Mapping[str, Any]) -> pa.Table:
-    """One validated row of `table` as a pyarrow table; `timestamp` defaults to now."""
-    schema, key_column = _TABLES[table]
+def _cells(table: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of `table` with its keys checked, as stored; `timestamp` defaults to now."""
+    schema, key_column, _ = _TABLES[table]
     run_id = row.get("run_id")
     unknown = sorted(set(row) - set(schema.names))
     if unknown:
@@ -137,11 +186,45 @@ def _arrow_row(table: str, row: Mapping[str, Any]) -> pa.Table:
     for column in dict.fromkeys((key_column, "run_id")):
         _check_key(row.get(column), column)
     values = {"timestamp": utc_iso(), **{k: v for k, v in row.items() if v is not None}}
-    cells = {field.name: _cell(field, values.get(field.name)) for field in schema}
+    return {field.name: _cell(field, values.get(field.name)) for field in schema}
+
+
+def _arrow_rows(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Validated rows of `table` as one pyarrow table; StoreError names the first bad row."""
+    cells = [_cells(table, row) for row in rows]
     try:
-        return pa.Table.from_pylist([cells], schema=schema)
+        return pa.Table.from_pylist(cells, schema=_TABLES[table].schema)
     except (pa.ArrowException, TypeError, ValueError) as exc:
-        raise StoreError(f"row does not fit table {table}: {exc}", run_id=run_id) from exc
+        bad = next((c for c in cells if not _fits(table, c)), cells[0])
+        raise StoreError(f"row does not fit table {table}: {exc}", run_id=bad["run_id"]) from exc
+
+
+def _fits(table: str, cells: dict[str, Any]) -> bool:
+    try:
+        pa.Table.from_pylist([cells], schema=_TABLES[table].schema)
+    except (pa.ArrowException, TypeError, ValueError):
+        return False
+    return True
+
+
+def _in(column: str, keys: Iterable[str]) -> str:
+    """`column IN ('k1', ...)` for keys already checked against KEY_PATTERN."""
+    return f"{column} IN ({', '.join(repr(key) for key in keys)})"
+
+
+def _ids_text(run_ids: Sequence[str | None]) -> str:
+    """`run_id=X` for one run, `run_ids=X,Y,Z (+n)` for a batch: for log lines."""
+    unique = list(dict.fromkeys(run_id for run_id in run_ids if run_id))
+    if len(unique) <= 1:
+        return f"run_id={unique[0] if unique else None}"
+    more = f" (+{len(unique) - 3})" if len(unique) > 3 else ""
+    return f"run_ids={','.join(unique[:3])}{more}"
+
+
+def _one(run_ids: Sequence[str | None]) -> str | None:
+    """The run_id a StoreError carries: the batch's only run_id, else None."""
+    unique = set(run_ids)
+    return unique.pop() if len(unique) == 1 else None
 
 
 def _backoff_s(attempt: int) -> float:
@@ -149,11 +232,82 @@ def _backoff_s(attempt: int) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
 
 
+@dataclass
+class _Pending:
+    """One row handed to a group commit, and what became of it."""
+
+    key: str
+    run_id: str
+    data: pa.Table
+    done: bool = False
+    written: bool = False
+    error: BaseException | None = field(default=None, repr=False)
+
+
+class _GroupCommit:
+    """Writes the rows of concurrent callers together: the first caller that finds no write in
+    progress writes everything queued (up to `max_rows`); the others wait for their row's fate."""
+
+    def __init__(self, write: Callable[[list[_Pending]], list[bool]], max_rows: int):
+        self._write = write
+        self._max_rows = max_rows
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._busy = False
+
+    def submit(self, pending: _Pending) -> bool:
+        """True if `pending`'s row was appended, False if its key was there; raises its error."""
+        with self._cond:
+            self._queue.append(pending)
+            while not pending.done:
+                if self._busy:
+                    self._cond.wait()
+                else:
+                    self._lead()
+        if pending.error is not None:
+            raise pending.error
+        return pending.written
+
+    def _lead(self) -> None:
+        """Write the queue's head with the condition's lock released; called holding it."""
+        batch = self._queue[: self._max_rows]
+        del self._queue[: self._max_rows]
+        self._busy = True
+        self._cond.release()
+        try:
+            written, error = self._write(batch), None
+        except BaseException as exc:  # every caller of the batch gets it, with its own run_id
+            written, error = [False] * len(batch), exc
+        finally:
+            self._cond.acquire()
+        for pending, was_written in zip(batch, written, strict=True):
+            pending.written, pending.done = was_written, True
+            pending.error = None if error is None else _error_for(error, pending.run_id)
+        self._busy = False
+        self._cond.notify_all()
+        if error is not None and not isinstance(error, Exception):
+            raise error  # SystemExit and the like stop this thread; the others got a StoreError
+
+
+def _error_for(error: BaseException, run_id: str) -> Exception:
+    """`error` as the caller writing `run_id` should see it: a StoreError with its run_id."""
+    if isinstance(error, StoreError):
+        copy = StoreError(error.message, run_id=run_id)
+        copy.__cause__ = error.__cause__ or error
+        return copy
+    if isinstance(error, Exception):
+        return error  # a bug: surfaces as itself
+    copy = StoreError(f"the batch's writer was interrupted: {error!r}", run_id=run_id)
+    copy.__cause__ = error
+    return copy
+
+
 class RunStore:
     """Reads and idempotently writes the `advice` and `orchestrator_runs` tables at `uri`.
 
-    Safe to share between threads. After `fork()` call `reset_after_fork()` in the child.
-    Pass `redis` whenever more than one process writes to `uri` (see the module docstring).
+    Safe to share between threads, whose single-row writes are then committed together. After
+    `fork()` call `reset_after_fork()` in the child. Pass `redis` whenever more than one process
+    writes to `uri` (see the module docstring).
     """
 
     def __init__(
@@ -163,40 +317,94 @@ class RunStore:
         redis: redis.Redis | None = None,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        maintain_every_commits: int = DEFAULT_MAINTAIN_EVERY_COMMITS,
+        cleanup_older_than_s: float = DEFAULT_CLEANUP_OLDER_THAN_S,
     ):
         self.uri = uri
         self._redis = redis
         self._lock_timeout_s = lock_timeout_s
         self._max_attempts = max(1, max_attempts)
+        self._maintain_every_commits = max(0, maintain_every_commits)
+        self._cleanup_older_than_s = cleanup_older_than_s
         self.reset_after_fork()
 
     # -- writes ---------------------------------------------------------------------------
 
     def record_advice(self, row: Mapping[str, Any]) -> bool:
         """Append one risk decision; False (and no write) if its `advice_id` is already there."""
-        return self._record(ADVICE_TABLE, row)
+        return self._record_one(ADVICE_TABLE, row)
 
     def record_run(self, row: Mapping[str, Any]) -> bool:
         """Append one run; False (and no write) if its `run_id` is already there."""
-        return self._record(RUNS_TABLE, row)
+        return self._record_one(RUNS_TABLE, row)
 
-    def _record(self, table: str, row: Mapping[str, Any]) -> bool:
-        data = _arrow_row(table, row)
-        key_column = _TABLES[table][1]
-        key, run_id = row[key_column], row["run_id"]
-        with self._key_lock(f"{table}:{key}", run_id):
-            written = self._retry(table, run_id, lambda: self._append_absent(table, key, data))
-        log.debug("%s %s=%s %s run_id=%s", table, key_column, key,
-                  "written" if written else "already present", run_id)
+    def record_advice_many(self, rows: Iterable[Mapping[str, Any]]) -> list[bool]:
+        """Append the risk decisions whose `advice_id` is absent; per row, whether it was."""
+        return self._record_many(ADVICE_TABLE, list(rows))
+
+    def record_runs(self, rows: Iterable[Mapping[str, Any]]) -> list[bool]:
+        """Append the runs whose `run_id` is absent, in as few commits as `MAX_BATCH_ROWS`
+        allows; per row, whether it was appended (a key repeated in `rows` is written once)."""
+        return self._record_many(RUNS_TABLE, list(rows))
+
+    def _record_one(self, table: str, row: Mapping[str, Any]) -> bool:
+        data = _arrow_rows(table, [row])
+        key, run_id = data[_TABLES[table].key][0].as_py(), data["run_id"][0].as_py()
+        return self._committers[table].submit(_Pending(key, run_id, data))
+
+    def _record_many(self, table: str, rows: list[Mapping[str, Any]]) -> list[bool]:
+        written: list[bool] = []
+        for start in range(0, len(rows), MAX_BATCH_ROWS):
+            data = _arrow_rows(table, rows[start:start + MAX_BATCH_ROWS])
+            written += self._write(table, data)
         return written
 
-    def _append_absent(self, table: str, key: str, data: pa.Table) -> bool:
-        """Append `data` unless a row with `key` exists; the caller holds the key's lock."""
+    def _write_pending(self, table: str, batch: list[_Pending]) -> list[bool]:
+        """A group commit's write: the queued rows in one batch."""
+        return self._write(table, pa.concat_tables([pending.data for pending in batch]))
+
+    def _write(self, table: str, data: pa.Table) -> list[bool]:
+        """Append the rows of `data` whose key is absent, claiming keys as they come free."""
+        keys, run_ids = data[_TABLES[table].key].to_pylist(), data["run_id"].to_pylist()
+        first: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            first.setdefault(key, index)
+        written = [False] * len(keys)
+        waiting, poll_s = list(first), CLAIM_POLL_MIN_S
+        deadline = time.monotonic() + self._lock_timeout_s
+        while waiting:
+            with self._claims(table, waiting, run_ids) as held:
+                if held:
+                    rows = data.take([first[key] for key in held])
+                    for key in self._retry(table, _one(run_ids),
+                                           lambda rows=rows: self._append_absent(table, rows)):
+                        written[first[key]] = True
+            claimed = set(held)
+            waiting = [key for key in waiting if key not in claimed]
+            if waiting:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{len(waiting)} key(s) of {table} still claimed by another "
+                                     f"writer after {self._lock_timeout_s}s", run_id=_one(run_ids))
+                time.sleep(poll_s * random.uniform(0.5, 1.5))
+                poll_s = min(CLAIM_POLL_MAX_S, poll_s * 2)
+        log.debug("%s: %s of %s row(s) new %s", table, sum(written), len(keys), _ids_text(run_ids))
+        return written
+
+    def _append_absent(self, table: str, rows: pa.Table) -> list[str]:
+        """Append the rows whose key is not in `table` yet, in one commit; their keys.
+
+        The caller holds every key's claim, so no other writer can add one in between.
+        """
+        key_column = _TABLES[table].key
+        keys = rows[key_column].to_pylist()
         handle = self._table(table)
-        if handle.count_rows(f"{_TABLES[table][1]} = '{key}'"):
-            return False
-        handle.add(data)
-        return True
+        present = set(handle.search().where(_in(key_column, keys)).select([key_column])
+                      .limit(len(keys)).to_arrow()[key_column].to_pylist())
+        absent = [index for index, key in enumerate(keys) if key not in present]
+        if absent:
+            handle.add(rows.take(absent))
+            self._count_commit(table)
+        return [keys[index] for index in absent]
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -213,13 +421,36 @@ class RunStore:
         return self._query(ADVICE_TABLE, run_id, lambda q: q.where(where).order_by(oldest_first))
 
     def recent_runs(self, limit: int = 20) -> list[dict]:
-        """The `limit` most recently recorded runs, newest first by `timestamp`."""
+        """The `limit` most recently recorded runs, newest first by `timestamp`.
+
+        Two steps, so whole rows are read only for the runs returned: the newest `run_id`s
+        (from `run_id` and `timestamp` alone, looking `RECENT_WINDOWS_S` back first, where the
+        timestamp index narrows the scan, then in the whole table), then those rows.
+        """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise StoreError(f"limit must be a non-negative int, not {limit!r}")
         if limit == 0:
             return []
+        newest = self._retry(RUNS_TABLE, None, lambda: self._newest_run_ids(limit))
+        if not newest:
+            return []
+        rows = self._query(RUNS_TABLE, None,
+                           lambda q: q.where(_in("run_id", newest)).limit(len(newest)))
+        rank = {run_id: index for index, run_id in enumerate(newest)}
+        return sorted(rows, key=lambda row: rank[row["run_id"]])
+
+    def _newest_run_ids(self, limit: int) -> list[str]:
         newest_first = [ColumnOrdering(column_name="timestamp", ascending=False)]
-        return self._query(RUNS_TABLE, None, lambda q: q.order_by(newest_first).limit(limit))
+        handle = self._table(RUNS_TABLE)
+        for window_s in (*RECENT_WINDOWS_S, None):
+            query = handle.search().select(["run_id", "timestamp"])
+            if window_s is not None:
+                query = query.where(f"timestamp >= '{utc_iso(time.time() - window_s)}'")
+            top = query.order_by(newest_first).limit(limit).to_arrow()
+            # Enough rows in the window: no older row can be among the newest `limit`.
+            if top.num_rows >= limit or window_s is None:
+                return top["run_id"].to_pylist()
+        raise AssertionError("unreachable: the last window is the whole table")
 
     def count(self, table: str) -> int:
         """Number of rows in `table` (ADVICE_TABLE or RUNS_TABLE)."""
@@ -241,10 +472,69 @@ class RunStore:
         """Rows of `table` from a query that `shape` narrows, as plain dicts."""
         return self._retry(table, run_id, lambda: shape(self._table(table).search()).to_list())
 
+    # -- maintenance ----------------------------------------------------------------------
+
+    def maintain(self, table: str | None = None) -> list[dict[str, Any]]:
+        """Compact, clean up and index `table` (default: both); what was done, per table.
+
+        A table another process (or thread) is maintaining right now is skipped, not waited
+        for. Safe while other processes append (see `maintenance.py`).
+        """
+        names = list(_TABLES) if table is None else [table]
+        done = []
+        for name in names:
+            _check_table(name)
+            with self._maintenance_lock(name) as held:
+                if not held:
+                    log.info("%s: maintenance already running elsewhere, skipped", name)
+                    continue
+                done.append(self._retry(name, None, lambda n=name: optimize_table(
+                    self._table(n), cleanup_older_than_s=self._cleanup_older_than_s,
+                    index_columns=_TABLES[n].indexed)))
+        return done
+
+    def stats(self, table: str) -> dict[str, Any]:
+        """Rows, fragments, versions, indices and data bytes of `table`'s latest version."""
+        _check_table(table)
+        return self._retry(table, None, lambda: table_stats(self._table(table)))
+
+    def _count_commit(self, table: str) -> None:
+        """Count a commit to `table`; every `maintain_every_commits`th starts `maintain`."""
+        if not self._maintain_every_commits:
+            return
+        try:
+            if self._redis is not None:
+                count = self._redis.incr(f"{COMMITS_PREFIX}:{table}")
+            else:
+                count = next(self._commits[table])
+        except RedisError as exc:  # only maintenance is late: never fail the write for it
+            log.warning("%s: cannot count commits for maintenance: %s", table, exc)
+            return
+        if count % self._maintain_every_commits == 0:
+            self._maintain_in_background(table)
+
+    def _maintain_in_background(self, table: str) -> None:
+        with self._cache_lock:
+            if self._maintainer is not None and self._maintainer.is_alive():
+                return
+            self._maintainer = threading.Thread(target=self._maintain_logged, args=(table,),
+                                                name=f"osiris-maintain-{table}", daemon=True)
+            self._maintainer.start()
+
+    def _maintain_logged(self, table: str) -> None:
+        try:
+            self.maintain(table)
+        except StoreError as exc:  # the next scheduled run tries again
+            log.warning("%s: maintenance failed: %s", table, exc)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Drop the cached connection and table handles; a later call reopens them."""
+        """Wait for a maintenance run this store started, then drop the cached connection and
+        table handles; a later call reopens them."""
+        maintainer = self._maintainer
+        if maintainer is not None and maintainer is not threading.current_thread():
+            maintainer.join()
         with self._cache_lock:
             self._tables.clear()
             self._db = None
@@ -256,6 +546,14 @@ class RunStore:
         self._write_lock = threading.Lock()
         self._db: lancedb.DBConnection | None = None
         self._tables: dict[str, LanceTable] = {}
+        self._committers = {
+            name: _GroupCommit(lambda batch, n=name: self._write_pending(n, batch),
+                               MAX_BATCH_ROWS)
+            for name in _TABLES
+        }
+        self._commits = {name: itertools.count(1) for name in _TABLES}
+        self._maintaining = {name: threading.Lock() for name in _TABLES}
+        self._maintainer: threading.Thread | None = None
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -266,8 +564,10 @@ class RunStore:
                 if self._db is None:
                     self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
                 with self._create_lock(name):
-                    schema = _TABLES[name][0]
-                    self._tables[name] = self._db.create_table(name, schema=schema, exist_ok=True)
+                    spec = _TABLES[name]
+                    handle = self._db.create_table(name, schema=spec.schema, exist_ok=True)
+                    ensure_indices(handle, spec.indexed)
+                    self._tables[name] = handle
             return self._tables[name]
 
     def _forget(self, name: str) -> None:
@@ -292,11 +592,72 @@ class RunStore:
                 run_id=run_id,
             ) from exc
 
-    def _key_lock(self, name: str, run_id: str) -> contextlib.AbstractContextManager:
-        """Exclusive hold on one key: across processes with redis, else within this process."""
+    @contextlib.contextmanager
+    def _claims(self, table: str, keys: list[str], run_ids: list[str]) -> Iterator[list[str]]:
+        """Claim `keys` of `table`; yields those claimed (a key another writer holds is not).
+
+        Across processes with redis (one pipelined `SET NX PX` per key, one release script);
+        without it, all of them, under this store's write lock.
+        """
         if self._redis is None:
-            return self._write_lock
-        return self._redis_lock(name, run_id)
+            with self._write_lock:
+                yield keys
+            return
+        names = [f"{LOCK_PREFIX}:{table}:{key}" for key in keys]
+        token = secrets.token_hex(16)
+        ttl_ms = int(self._lock_timeout_s * 1000)
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.set(name, token, nx=True, px=ttl_ms)
+            claimed = pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"cannot claim {len(keys)} key(s) of {table}: {exc}",
+                             run_id=_one(run_ids)) from exc
+        try:
+            yield [key for key, ok in zip(keys, claimed, strict=True) if ok]
+        finally:
+            self._release_claims([n for n, ok in zip(names, claimed, strict=True) if ok],
+                                 token, run_ids)
+
+    def _release_claims(self, names: list[str], token: str, run_ids: list[str]) -> None:
+        """Release claims; by now the write is done, so a failure is logged, not raised."""
+        if not names:
+            return
+        try:
+            released = self._redis.eval(_RELEASE_CLAIMS_LUA, len(names), *names, token)
+        except RedisError as exc:
+            log.warning("could not release %s claim(s) (they expire on their own) %s: %s",
+                        len(names), _ids_text(run_ids), exc)
+            return
+        if released < len(names):
+            log.warning("%s claim(s) expired before the write finished; raise lock_timeout_s %s",
+                        len(names) - released, _ids_text(run_ids))
+
+    @contextlib.contextmanager
+    def _maintenance_lock(self, table: str) -> Iterator[bool]:
+        """Yields whether this process may maintain `table` now (never waits for it)."""
+        local = self._maintaining[table]
+        if not local.acquire(blocking=False):
+            yield False
+            return
+        try:
+            if self._redis is None:
+                yield True
+                return
+            lock = self._redis.lock(f"{LOCK_PREFIX}:maintain:{table}",
+                                    timeout=MAINTAIN_LOCK_TIMEOUT_S, blocking=False)
+            try:
+                held = lock.acquire()
+            except RedisError as exc:
+                raise StoreError(f"cannot take lock {lock.name}: {exc}") from exc
+            try:
+                yield held
+            finally:
+                if held:
+                    _release(lock, None)
+        finally:
+            local.release()
 
     def _create_lock(self, table: str) -> contextlib.AbstractContextManager:
         """Serializes table creation across processes (the cache lock does it within one)."""

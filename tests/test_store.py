@@ -331,3 +331,240 @@ def test_a_failure_that_clears_is_retried_and_the_write_lands(tmp_path):
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert store.get_run("run-1")["run_id"] == "run-1"
+
+
+# -- batched writes, group commit, maintenance -----------------------------------------------
+
+def _versions(store, table=RUNS_TABLE) -> int:
+    return store.stats(table)["versions"]
+
+
+def test_record_runs_appends_the_absent_rows_in_one_commit(store):
+    assert store.record_run(_run("run-0", status="first"))
+    versions = _versions(store)
+
+    written = store.record_runs([_run("run-1"), _run("run-0", status="again"), _run("run-2"),
+                                 _run("run-1", status="repeat")])
+
+    assert written == [True, False, True, False]
+    assert _versions(store) == versions + 1
+    assert store.count(RUNS_TABLE) == 3
+    assert store.get_run("run-0")["status"] == "first"
+    assert store.get_run("run-1")["status"] is None
+    assert store.record_runs([]) == []
+    assert store.record_runs([_run("run-1"), _run("run-2")]) == [False, False]
+    assert _versions(store) == versions + 1  # nothing new, no commit
+
+
+def test_record_advice_many(store):
+    rows = [_advice(f"adv-{i}", run_id=f"run-{i % 2}") for i in range(5)]
+    assert store.record_advice_many(rows) == [True] * 5
+    assert store.record_advice_many(rows[:2]) == [False, False]
+    assert len(store.get_advice("run-0")) == 3
+
+
+def test_a_bad_row_fails_the_batch_before_anything_is_written(store):
+    with pytest.raises(StoreError, match="does not fit") as info:
+        store.record_runs([_run("run-1"), _run("run-2", score="high")])
+    assert info.value.run_id == "run-2"
+    with pytest.raises(StoreError):
+        store.record_runs([_run("run-3"), _run("a'b")])
+    assert store.count(RUNS_TABLE) == 0
+
+
+def test_big_batches_are_written_in_chunks(store, monkeypatch):
+    monkeypatch.setattr("osiris_tasks.store.MAX_BATCH_ROWS", 4)
+    assert store.record_runs([_run(f"run-{i}") for i in range(10)]) == [True] * 10
+    assert store.count(RUNS_TABLE) == 10
+    assert store.stats(RUNS_TABLE)["fragments"] == 3
+
+
+def test_threads_writing_single_rows_share_commits(store):
+    threads, per_thread = 8, 10
+    barrier = threading.Barrier(threads)
+    results = []
+
+    def work(worker):
+        barrier.wait()
+        results.extend(store.record_run(_run(f"run-{worker}-{i}")) for i in range(per_thread))
+
+    pool = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+    assert results == [True] * threads * per_thread
+    assert store.count(RUNS_TABLE) == threads * per_thread
+    assert store.stats(RUNS_TABLE)["fragments"] < threads * per_thread
+
+
+def test_a_failed_group_commit_reaches_every_caller_with_its_run_id(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    store = RunStore(str(blocker / "lancedb"), max_attempts=1)
+    errors = {}
+
+    def work(run_id):
+        try:
+            store.record_run(_run(run_id))
+        except StoreError as exc:
+            errors[run_id] = exc
+
+    pool = [threading.Thread(target=work, args=(f"run-{i}",)) for i in range(4)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+    assert sorted(errors) == [f"run-{i}" for i in range(4)]
+    assert all(exc.run_id == run_id for run_id, exc in errors.items())
+
+
+def test_recent_runs_reads_recent_and_old_rows_alike(store):
+    from osiris_tasks.ids import utc_iso
+
+    now = __import__("time").time()
+    store.record_runs([_run("old-1", timestamp="2020-01-01T00:00:00.000+00:00"),
+                       _run("new-1", timestamp=utc_iso(now - 5)),
+                       _run("new-2", timestamp=utc_iso(now - 1)),
+                       _run("hour-1", timestamp=utc_iso(now - 600))])
+
+    assert [r["run_id"] for r in store.recent_runs(2)] == ["new-2", "new-1"]  # in the window
+    assert [r["run_id"] for r in store.recent_runs(3)] == ["new-2", "new-1", "hour-1"]
+    assert [r["run_id"] for r in store.recent_runs(9)] == ["new-2", "new-1", "hour-1", "old-1"]
+    assert store.recent_runs(1)[0]["timestamp"] == utc_iso(now - 1)
+
+
+NO_OLD_VERSIONS = pytest.mark.filterwarnings("ignore:optimize.cleanup_older_than=0")
+
+
+@NO_OLD_VERSIONS
+def test_maintain_compacts_cleans_up_and_indexes(uri):
+    store = RunStore(uri, maintain_every_commits=0, cleanup_older_than_s=0)
+    for i in range(6):
+        store.record_run(_run(f"run-{i}"))
+    assert store.stats(RUNS_TABLE)["fragments"] == 6
+
+    done = {entry["table"]: entry for entry in store.maintain()}
+
+    assert set(done) == {RUNS_TABLE, ADVICE_TABLE}
+    after = store.stats(RUNS_TABLE)
+    assert (after["rows"], after["fragments"]) == (6, 1)
+    assert after["versions"] <= 2  # the compaction's, and the index update's after it
+    assert after["indices"] == 2  # run_id and timestamp
+    assert done[RUNS_TABLE]["before"]["fragments"] == 6
+    assert store.get_run("run-3")["run_id"] == "run-3"
+    assert store.record_run(_run("run-6")) and not store.record_run(_run("run-2"))
+    store.close()
+
+
+@NO_OLD_VERSIONS
+def test_maintenance_runs_by_itself_every_n_commits(uri):
+    store = RunStore(uri, maintain_every_commits=5, cleanup_older_than_s=0)
+    for i in range(5):
+        store.record_run(_run(f"run-{i}"))
+    store.close()  # waits for the maintenance the fifth commit started
+
+    assert store.stats(RUNS_TABLE)["fragments"] == 1
+    assert store.count(RUNS_TABLE) == 5
+    store.close()
+
+
+@pytest.mark.integration
+def test_maintenance_held_elsewhere_is_skipped(redis_store, redis_client):
+    held = redis_client.lock(f"osiris:lock:maintain:{RUNS_TABLE}", timeout=30)
+    assert held.acquire(blocking=False)
+    try:
+        assert [entry["table"] for entry in redis_store.maintain()] == [ADVICE_TABLE]
+    finally:
+        held.release()
+
+
+@pytest.mark.integration
+def test_a_key_claimed_elsewhere_is_waited_for_then_checked(redis_store, redis_client, uri):
+    claim = redis_client.lock(f"osiris:lock:{RUNS_TABLE}:run-1", timeout=30)
+    assert claim.acquire(blocking=False)
+    outcome = []
+    writer = threading.Thread(
+        target=lambda: outcome.append(redis_store.record_runs([_run("run-1"), _run("run-2")])))
+    writer.start()
+    wait_until = __import__("time").monotonic() + 30
+    while redis_store.count(RUNS_TABLE) < 1 and __import__("time").monotonic() < wait_until:
+        __import__("time").sleep(0.05)
+    assert redis_store.get_run("run-2") and redis_store.get_run("run-1") is None  # run-2 first
+    RunStore(uri).record_run(_run("run-1", status="by the claim holder"))  # it writes, then
+    claim.release()                                                          # releases
+    writer.join(30)
+
+    assert outcome == [[False, True]]
+    assert redis_store.get_run("run-1")["status"] == "by the claim holder"
+    assert redis_client.keys("osiris:lock:*") == []
+
+
+@pytest.mark.integration
+def test_a_claim_never_released_is_a_store_error(uri, redis_client):
+    store = RunStore(uri, redis=redis_client, lock_timeout_s=0.3)
+    assert redis_client.set(f"osiris:lock:{RUNS_TABLE}:run-1", "someone else", px=30_000)
+    with pytest.raises(StoreError, match="still claimed") as info:
+        store.record_run(_run("run-1"))
+    assert info.value.run_id == "run-1"
+
+
+def _append_batches_in_process(uri: str, worker: int, barrier, results) -> None:
+    """Child process: append BATCHES batches of BATCH_ROWS own runs plus a shared run each."""
+    store = RunStore(uri, redis=redis.Redis.from_url(REDIS_URL), maintain_every_commits=0)
+    try:
+        barrier.wait(timeout=120)
+        written = []
+        for batch in range(BATCHES):
+            rows = [_run(f"w{worker}-{batch}-{i}") for i in range(BATCH_ROWS)]
+            flags = store.record_runs([*rows, _run(f"shared-{batch}")])
+            written += [row["run_id"] for row, ok in zip([*rows, _run(f"shared-{batch}")],
+                                                         flags, strict=True) if ok]
+        results.put(written)
+    except Exception as exc:  # report, so the parent fails with the reason
+        results.put(repr(exc))
+
+
+def _maintain_in_process(uri: str, barrier, results, stop) -> None:
+    """Child process: compact and clean up (keeping no old version) until told to stop."""
+    store = RunStore(uri, redis=redis.Redis.from_url(REDIS_URL), cleanup_older_than_s=0)
+    try:
+        barrier.wait(timeout=120)
+        runs = 0
+        while not stop.is_set():
+            runs += len(store.maintain(RUNS_TABLE))
+        results.put(runs)
+    except Exception as exc:
+        results.put(repr(exc))
+
+
+BATCHES = 30
+BATCH_ROWS = 5
+
+
+@pytest.mark.integration
+def test_appends_from_two_processes_survive_a_third_compacting(uri, redis_client):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results, stop = ctx.Barrier(3), ctx.Queue(), ctx.Event()
+    RunStore(uri).count(RUNS_TABLE)  # created up front: the race of interest is compaction
+    writers = [ctx.Process(target=_append_batches_in_process, args=(uri, w, barrier, results))
+               for w in range(2)]
+    maintainer = ctx.Process(target=_maintain_in_process, args=(uri, barrier, results, stop))
+    for proc in [*writers, maintainer]:
+        proc.start()
+    reports = [results.get(timeout=240) for _ in writers]
+    stop.set()
+    maintenance_runs = results.get(timeout=120)
+    for proc in [*writers, maintainer]:
+        proc.join(timeout=60)
+
+    assert all(isinstance(report, list) for report in reports), reports
+    assert isinstance(maintenance_runs, int) and maintenance_runs > 0, maintenance_runs
+    written = [run_id for report in reports for run_id in report]
+    expected = 2 * BATCHES * BATCH_ROWS + BATCHES
+    assert len(written) == len(set(written)) == expected
+    store = RunStore(uri)
+    assert sorted(row["run_id"] for row in store.iter_runs()) == sorted(written)
+    assert store.count(RUNS_TABLE) == expected

@@ -1,0 +1,1 @@
+"""Benchmarks of osiris_tasks: `python -m benchmarks.run [--quick]`; see benchmarks/README.md."""

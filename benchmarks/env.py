@@ -1,0 +1,114 @@
+"""What the benchmarks run against, started on loopback and stopped afterwards: Redis, the
+reference sidecar, Celery workers, settings pointing at a throwaway LanceDB directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from osiris_tasks.embedded_redis import EmbeddedRedis
+from osiris_tasks.reference_sidecar import Faults, make_server
+from osiris_tasks.settings import Settings
+
+__all__ = ["Worker", "bench_settings", "du_bytes", "embedded_redis", "sidecar", "worker_env"]
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER_READY_TIMEOUT_S = 60.0
+
+
+@contextlib.contextmanager
+def embedded_redis() -> Iterator[str]:
+    """A fresh redis-server on a free port: its URL."""
+    with EmbeddedRedis() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def sidecar(latency_ms: float = 0) -> Iterator[str]:
+    """The reference sidecar on a free loopback port, served by a thread: its URL."""
+    server = make_server("127.0.0.1", 0, faults=Faults(latency_ms=latency_ms))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def bench_settings(redis_url: str, sidecar_url: str, lancedb_uri: str) -> Settings:
+    return Settings.from_env({}, redis_url=redis_url, broker_url=redis_url,
+                             result_backend=redis_url, sidecar_url=sidecar_url,
+                             lancedb_uri=lancedb_uri, visibility_timeout_s=120,
+                             sidecar_retry_budget_s=20.0)
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a worker subprocess read `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSIRIS_", "CELERY_",
+                                                                   "OTEL_"))}
+    env.update({
+        "OSIRIS_REDIS_URL": settings.redis_url, "OSIRIS_SIDECAR_URL": settings.sidecar_url,
+        "OSIRIS_LANCEDB_URI": settings.lancedb_uri,
+        "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
+        "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+class Worker:
+    """`celery -A osiris_tasks worker ARGS` as a subprocess; `with Worker(...)` stops it."""
+
+    def __init__(self, settings: Settings, *args: str):
+        # Open as long as the worker runs: closed (and removed) by stop().
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="osiris-bench-worker-", suffix=".log", delete=False, mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "osiris_tasks", "worker", "-l", "WARNING",
+             "--without-mingle", "--without-gossip", "--without-heartbeat",
+             "-n", f"bench-{os.getpid()}-{id(self)}@%h", *args],
+            cwd=REPO, env=worker_env(settings), stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def wait_ready(self, app, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
+        """Until the worker answers a ping (its pool is up)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if app.control.ping(timeout=0.5):
+                return
+        self.stop()
+        self.log.seek(0)
+        raise RuntimeError("worker did not start:\n" + self.log.read()[-4000:])
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        os.unlink(self.log.name)
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def du_bytes(path: str | Path) -> int:
+    """Bytes of every file under `path`."""
+    return sum(entry.stat().st_size for entry in Path(path).rglob("*") if entry.is_file())

@@ -1,0 +1,79 @@
+"""Run the benchmark suite and write its report: `python -m benchmarks.run [--quick]`.
+
+Every figure is measured in this run, most as a ratio against a baseline measured in the same
+run (absolute numbers on a shared machine are noise). The report goes to
+`benchmarks/results/<stamp>[-quick].{json,md}` and `latest.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+
+import redis
+
+from . import celery_bench, runner_bench, sidecar_bench, store_bench
+from .env import embedded_redis, sidecar
+from .report import Report
+
+BENCHMARKS = ("store", "runner", "celery", "sidecar")
+# Sizes per mode: quick finishes in about two minutes on two cores.
+SIZES = {
+    True: {"store": store_bench.QUICK, "runs": 30, "burst": 40, "slots": (1, 8, 32)},
+    False: {"store": store_bench.FULL, "runs": 200, "burst": 300, "slots": (1, 8, 32, 64)},
+}
+
+
+def run_suite(report: Report, only: tuple[str, ...]) -> None:
+    """Run the benchmarks named in `only` against a fresh Redis and reference sidecar."""
+    sizes = SIZES[report.quick]
+    with embedded_redis() as redis_url, sidecar() as sidecar_url:
+        client = redis.Redis.from_url(redis_url)
+        baseline = None
+        for name in only:
+            client.flushdb()
+            started = time.perf_counter()
+            if name == "store":
+                store_bench.run(report, sizes=sizes["store"], redis_url=redis_url)
+            elif name == "runner":
+                baseline = runner_bench.run(report, runs=sizes["runs"], redis_url=redis_url,
+                                            sidecar_url=sidecar_url)
+            elif name == "celery":
+                celery_bench.run(report, runs=sizes["burst"], redis_url=redis_url,
+                                 sidecar_url=sidecar_url, baseline=baseline)
+            elif name == "sidecar":
+                sidecar_bench.run(report, slot_counts=sizes["slots"], redis_url=redis_url)
+            report.note(f"{name}: {time.perf_counter() - started:.0f} s")
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, about two minutes")
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    args = parser.parse_args(argv)
+    only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    if "celery" in only and "runner" not in only:
+        only = ("runner", *only)  # the celery figures are ratios against the runner's
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    warnings.filterwarnings("ignore", message="optimize.cleanup_older_than=0")
+    report = Report(quick=args.quick)
+    started = time.perf_counter()
+    try:
+        run_suite(report, only)
+    finally:
+        report.note(f"total: {time.perf_counter() - started:.0f} s")
+        json_path, md_path = report.write()
+        print(f"\nreport: {md_path}\n        {json_path}\n")
+        print(report.markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
