@@ -3,11 +3,13 @@ docker-compose file's consistency (no engine runs here, so the file is checked, 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +204,32 @@ def test_bridge_serves_its_counters_as_prometheus_metrics(settings):
         os.killpg(bridge.pid, signal.SIGTERM)
         bridge.wait(30)
         client.close()
+
+
+def test_sigterm_to_the_bridge_submits_its_partial_buffer(settings, worker_factory):
+    """The README: on SIGTERM the bridge turns every non-empty buffer into a run and exits 0."""
+    import redis as redis_lib
+
+    worker_factory(settings)
+    bridge = subprocess.Popen(
+        [sys.executable, "-m", "osiris_tasks.cli", "bridge", "--ticks_per_proposal", "10"],
+        cwd=REPO, env=settings_env(settings), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        wait_for(lambda: dict(client.pubsub_numsub("market.ticks")).get(b"market.ticks"),
+                 timeout_s=60)
+        for close in (100.0, 100.5, 100.2, 100.4):  # 4 of 10: a partial buffer
+            client.publish("market.ticks", f'{{"symbol": "AAPL", "close": {close}}}')
+        time.sleep(1.0)  # the read loop takes microseconds per tick; stats come every 10 s
+        os.killpg(bridge.pid, signal.SIGTERM)
+        output, _ = bridge.communicate(timeout=30)
+    finally:
+        client.close()
+    assert bridge.returncode == 0, output[-2000:]
+    match = re.search(r"run_id=(run_\S+) batch of 4 ticks", output)
+    assert match, output[-2000:]
+    store = RunStore(settings.lancedb_uri)
+    row = wait_for(lambda: store.get_run(match.group(1)), timeout_s=60)
+    assert len(json.loads(row["input_query"])) == 4
+
