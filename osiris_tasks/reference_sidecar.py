@@ -15,8 +15,9 @@ Endpoints (with or without a trailing slash)::
     POST /admin/faults                change the injected faults at runtime
 
 `max_length`, `exaggeration` and `context` are accepted and ignored: a rule has nothing to
-truncate, voice or condition on. Faults (latency, error statuses, garbage bodies, slow trickle)
-let tests exercise the client's retries and timeouts against a real socket.
+truncate, voice or condition on. Faults (latency, error statuses, garbage bodies, JSON bodies of
+the wrong shape, slow trickle) let tests exercise the client's retries, timeouts and response
+checks against a real socket; `server.requests` counts the POSTs each endpoint received.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import re
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,6 +62,8 @@ ACK_CHANNEL_PREFIX = "tts.acknowledged."
 # Size of each write when a response is trickled out slowly.
 TRICKLE_CHUNK_BYTES = 16
 GARBAGE_BODY = b"<html>\x00garbage"
+# A 2xx JSON object that has none of the fields any endpoint promises.
+WRONG_SHAPE = {"unexpected": "injected wrong shape"}
 JSON_TYPE = "application/json"
 HEALTH_PATH = "/health"
 ADMIN_FAULTS_PATH = "/admin/faults"
@@ -113,11 +117,16 @@ def _parse_float(text: str | None) -> float | None:
 
 @dataclass
 class Faults:
-    """Faults injected into every POST except /admin/faults; rates are fractions 0..1."""
+    """Faults injected into every POST except /admin/faults; rates are fractions 0..1.
+
+    `garbage_rate` answers 200 with a non-JSON body, `wrong_shape_rate` 200 with a JSON object
+    lacking the endpoint's fields; the two are exclusive, so their sum is at most 1.
+    """
 
     latency_ms: float = 0
     error_rate: float = 0
     garbage_rate: float = 0
+    wrong_shape_rate: float = 0
     error_status: int = 503
     retry_after_s: float | None = None
     trickle_ms: float = 0
@@ -127,11 +136,14 @@ class Faults:
     def __post_init__(self) -> None:
         self.paths = tuple(self.paths)
         for name, upper in (("latency_ms", math.inf), ("trickle_ms", math.inf),
-                            ("error_rate", 1.0), ("garbage_rate", 1.0)):
+                            ("error_rate", 1.0), ("garbage_rate", 1.0),
+                            ("wrong_shape_rate", 1.0)):
             value = _finite(getattr(self, name))
             if value is None or not 0 <= value <= upper:
                 raise ConfigError(f"{name} must be a number in [0, {upper}], got "
                                   f"{getattr(self, name)!r}")
+        if self.garbage_rate + self.wrong_shape_rate > 1:
+            raise ConfigError("garbage_rate + wrong_shape_rate must not exceed 1")
         status = self.error_status
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
             raise ConfigError(f"error_status must be an HTTP error status, got {status!r}")
@@ -432,6 +444,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self._serve_endpoint(path, body, query)
 
     def _serve_endpoint(self, path: str, body: bytes, query: dict) -> _Reply:
+        self.server.count_request(path)
         faults = self.server.faults
         if faults.paths and not path.startswith(faults.paths):
             faults = Faults()
@@ -490,7 +503,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    """The stand-in's server: holds the faults, the seeded RNG, the token and the ack client."""
+    """The stand-in's server: holds the faults, the seeded RNG, the token, the ack client and
+    `requests`, the number of POSTs each endpoint path received (faulted or not)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -501,19 +515,29 @@ class _Server(ThreadingHTTPServer):
         self.token = token
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self._requests_lock = threading.Lock()
         self.ack_redis = redis.Redis.from_url(ack_redis_url) if ack_redis_url else None
         super().__init__(address, _Handler)
 
+    def count_request(self, path: str) -> None:
+        """Count one POST to endpoint `path`."""
+        with self._requests_lock:
+            self.requests[path] += 1
+
     def injected_fault(self, faults: Faults) -> _Reply | None:
-        """An error or garbage reply drawn from the seeded RNG, or None for a normal answer."""
+        """An error, garbage or wrong-shape reply drawn from the seeded RNG, or None for a
+        normal answer."""
         with self._rng_lock:  # two draws per request, whatever the rates, keep seeds replayable
-            error_roll, garbage_roll = self._rng.random(), self._rng.random()
+            error_roll, body_roll = self._rng.random(), self._rng.random()
         if error_roll < faults.error_rate:
             headers = ({} if faults.retry_after_s is None
                        else {"Retry-After": f"{faults.retry_after_s:g}"})
             return _error(faults.error_status, "injected fault", headers=headers)
-        if garbage_roll < faults.garbage_rate:
+        if body_roll < faults.garbage_rate:
             return _Reply(200, GARBAGE_BODY, content_type="text/html")
+        if body_roll < faults.garbage_rate + faults.wrong_shape_rate:
+            return _json_reply(200, WRONG_SHAPE)
         return None
 
     def update_faults(self, changes: Mapping[str, Any]) -> dict[str, Any]:

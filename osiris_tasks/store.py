@@ -13,6 +13,10 @@ Guarantees, and what they rest on:
   `SET NX PX` on `osiris:lock:<table>:<key>` (redis-py `Lock`'s format, all keys of a batch in
   one pipeline), which holds across processes and hosts; without one a `threading.Lock` per
   store holds within one process only, so **several writer processes need `redis`**.
+* **A dead writer's claims lapse in seconds.** A claim lives `claim_ttl_s` (5 s) and its writer
+  renews it every third of that while it writes, so a long write keeps its keys, and a writer
+  killed mid-write (SIGKILL, OOM) holds them at most 5 s: its task, redelivered only after the
+  broker's visibility timeout, finds them free.
 * **Group commit.** `record_run` / `record_advice` (one row) hand the row to a per-table
   committer: the first waiting thread writes every row queued so far in one commit, the others
   wait for it. Threads sharing a store (a `--pool threads` worker) thus batch their writes with no
@@ -81,8 +85,11 @@ ADVICE_TABLE = "advice"
 RUNS_TABLE = "orchestrator_runs"
 # Allowed run_id / advice_id: no quote, space or backslash can reach a filter expression.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-# Longest a writer may hold a key's lock, and longest another writer waits for it.
+# Longest a writer waits for a key another writer has claimed (and the TTL of the
+# table-creation lock).
 DEFAULT_LOCK_TIMEOUT_S = 60.0
+# A key's claim expires this long after its writer last renewed it (every third of it).
+DEFAULT_CLAIM_TTL_S = 5.0
 # Attempts per LanceDB operation before giving up with StoreError.
 DEFAULT_MAX_ATTEMPTS = 6
 # Backoff before retry n is BACKOFF_BASE_S * 2**(n-1), capped, times a jitter in [0.5, 1.5).
@@ -114,6 +121,17 @@ for _, key in ipairs(KEYS) do
   end
 end
 return released
+"""
+# Extends the TTL (ARGV[2] ms) of each claim still holding this writer's token (ARGV[1]).
+_RENEW_CLAIMS_LUA = """
+local renewed = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[1] then
+    redis.call('pexpire', key, ARGV[2])
+    renewed = renewed + 1
+  end
+end
+return renewed
 """
 # What lance raises for commit conflicts, creation races and I/O trouble: worth a retry.
 _RETRYABLE = (OSError, RuntimeError, ValueError, pa.ArrowException)
@@ -316,6 +334,7 @@ class RunStore:
         *,
         redis: redis.Redis | None = None,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        claim_ttl_s: float = DEFAULT_CLAIM_TTL_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         maintain_every_commits: int = DEFAULT_MAINTAIN_EVERY_COMMITS,
         cleanup_older_than_s: float = DEFAULT_CLEANUP_OLDER_THAN_S,
@@ -323,6 +342,7 @@ class RunStore:
         self.uri = uri
         self._redis = redis
         self._lock_timeout_s = lock_timeout_s
+        self._claim_ttl_ms = max(1, int(claim_ttl_s * 1000))
         self._max_attempts = max(1, max_attempts)
         self._maintain_every_commits = max(0, maintain_every_commits)
         self._cleanup_older_than_s = cleanup_older_than_s
@@ -605,20 +625,45 @@ class RunStore:
             return
         names = [f"{LOCK_PREFIX}:{table}:{key}" for key in keys]
         token = secrets.token_hex(16)
-        ttl_ms = int(self._lock_timeout_s * 1000)
         try:
             pipe = self._redis.pipeline(transaction=False)
             for name in names:
-                pipe.set(name, token, nx=True, px=ttl_ms)
+                pipe.set(name, token, nx=True, px=self._claim_ttl_ms)
             claimed = pipe.execute()
         except RedisError as exc:
             raise StoreError(f"cannot claim {len(keys)} key(s) of {table}: {exc}",
                              run_id=_one(run_ids)) from exc
+        held = [name for name, ok in zip(names, claimed, strict=True) if ok]
         try:
-            yield [key for key, ok in zip(keys, claimed, strict=True) if ok]
+            with self._renewing(held, token, run_ids):
+                yield [key for key, ok in zip(keys, claimed, strict=True) if ok]
         finally:
-            self._release_claims([n for n, ok in zip(names, claimed, strict=True) if ok],
-                                 token, run_ids)
+            self._release_claims(held, token, run_ids)
+
+    @contextlib.contextmanager
+    def _renewing(self, names: list[str], token: str, run_ids: list[str]) -> Iterator[None]:
+        """Renew the claims `names` every third of their TTL until the block ends."""
+        if not names:
+            yield
+            return
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self._claim_ttl_ms / 3000):
+                try:
+                    self._redis.eval(_RENEW_CLAIMS_LUA, len(names), *names, token,
+                                     self._claim_ttl_ms)
+                except RedisError as exc:
+                    log.warning("could not renew %s claim(s) %s: %s", len(names),
+                                _ids_text(run_ids), exc)
+
+        renewer = threading.Thread(target=renew, name="osiris-claim-renewer", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
 
     def _release_claims(self, names: list[str], token: str, run_ids: list[str]) -> None:
         """Release claims; by now the write is done, so a failure is logged, not raised."""
@@ -631,7 +676,7 @@ class RunStore:
                         len(names), _ids_text(run_ids), exc)
             return
         if released < len(names):
-            log.warning("%s claim(s) expired before the write finished; raise lock_timeout_s %s",
+            log.warning("%s claim(s) expired before the write finished (not renewed in time) %s",
                         len(names) - released, _ids_text(run_ids))
 
     @contextlib.contextmanager
