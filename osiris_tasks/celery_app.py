@@ -8,7 +8,9 @@ configured once, from `Settings.from_env()`, the first time its configuration is
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
 from celery.signals import setup_logging
@@ -32,7 +34,22 @@ RESULT_EXPIRES_S = 3600
 UNACKED_RESTORE_INTERVAL_S = 10
 UNACKED_RESTORE_THROTTLE = 1
 
+# Publishing a task (a chain's next step, the chord's join, a submission) retries this long
+# through a broker outage (0 + 0.5 + 1 + 1.5 + 2 * 9 s = 21 s) instead of failing the task, whose
+# run would then be lost; Celery's default gives up after ~0.6 s.
+PUBLISH_RETRY_POLICY = {"max_retries": 12, "interval_start": 0, "interval_step": 0.5,
+                        "interval_max": 2.0}
+
 app = Celery("osiris_tasks", include=["osiris_tasks.tasks"])
+
+
+def _tls_options(url: str) -> dict[str, Any] | None:
+    """For a rediss:// URL that does not say how to check the server's certificate: check it
+    (as redis-py does); Celery's backend refuses such a URL and kombu would not check."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -48,6 +65,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
         "broker_connection_retry_on_startup": True,
+        "broker_use_ssl": _tls_options(settings.broker_url),
+        "redis_backend_use_ssl": _tls_options(settings.result_backend),
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -74,6 +94,11 @@ def configure(celery: Celery, settings: Settings) -> Celery:
     """Configure `celery` from `settings` (and remember them for the tasks' resources)."""
     celery.osiris_settings = settings
     celery.conf.update(celery_config(settings))
+    # An app used before keeps its broker and backend pools: drop them for the new settings.
+    celery._pool = None
+    celery.amqp._producer_pool = None
+    celery._backend_cache = None
+    celery._local.backend = None
     return celery
 
 

@@ -25,7 +25,7 @@ import orjson
 import requests
 from opentelemetry import propagate
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
 
 from . import telemetry
 from .errors import (
@@ -303,7 +303,7 @@ class SidecarClient:
                     span.set_attribute("http.response.status_code", response.status_code)
                     if not 200 <= response.status_code < 300:
                         raise self._status_error(request, response)
-                    return self._read_body(request, response)
+                    return self._read_body(request, response, deadline)
             except requests.RequestException as exc:
                 raise self._converted(request, exc) from exc
 
@@ -322,18 +322,23 @@ class SidecarClient:
             max(MIN_TIMEOUT_S, min(self._read_timeout_s, left_s)),
         )
 
-    def _read_body(self, request: _Request, response: requests.Response) -> bytes:
-        """The body, read in chunks and refused past `MAX_BODY_BYTES`."""
+    def _read_body(self, request: _Request, response: requests.Response,
+                   deadline: float) -> bytes:
+        """The body, read as it arrives: refused past `MAX_BODY_BYTES`, and given up once the
+        call's budget is spent (the read timeout bounds one read, not a trickle of them)."""
         declared = response.headers.get("Content-Length", "")
         too_big = f"answered a body over {MAX_BODY_BYTES} bytes"
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise self._error(request, SidecarResponseError, too_big)
         chunks, size = [], 0
-        for chunk in response.iter_content(BODY_CHUNK_BYTES):
+        while chunk := _read_some(response):
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise self._error(request, SidecarResponseError, too_big)
             chunks.append(chunk)
+            if self._clock() > deadline:
+                raise self._error(request, SidecarTimeout,
+                                  "timed out (the body was still coming when the budget ran out)")
         return b"".join(chunks)
 
     def _status_error(self, request: _Request, response: requests.Response) -> SidecarError:
@@ -422,3 +427,16 @@ def _retry_after_date_s(value: str) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - time.time())
+
+
+def _read_some(response: requests.Response) -> bytes:
+    """What has arrived of the body, after at most one read (b"" at its end); urllib3's errors
+    become requests' as in `iter_content`."""
+    try:
+        return response.raw.read1(BODY_CHUNK_BYTES, decode_content=True)
+    except ReadTimeoutError as exc:
+        raise requests.ConnectionError(exc) from exc
+    except ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc

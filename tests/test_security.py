@@ -35,26 +35,6 @@ from osiris_tasks.store import RunStore
 MARKET = "market.ticks"
 
 
-@pytest.fixture(autouse=True)
-def fresh_broker_connections():
-    """Drop the Celery app's broker and result-backend connections before and after each test.
-
-    These tests point the app at Redis servers of their own, and `configure()` keeps the pools
-    of an app that was used before, so the next `submit_run` would still go to the old broker
-    (reported against celery_app.py). Dropped, they are rebuilt from the current settings.
-    """
-    _drop_connections()
-    yield
-    _drop_connections()
-
-
-def _drop_connections() -> None:
-    app._pool = None
-    app.amqp._producer_pool = None
-    app._backend_cache = None
-    app._local.backend = None
-
-
 def secret(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(16)}"
 
@@ -302,18 +282,11 @@ def test_rediss_url_with_its_ca_configures_every_client_to_verify():
     assert redact_url(url) == f"rediss://:***@10.0.0.5:6380/0?{CA_QUERY}"
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "fix in celery_app.py: Celery's Redis result backend refuses a rediss:// URL without "
-    "ssl_cert_reqs; set redis_backend_use_ssl={'ssl_cert_reqs': CERT_REQUIRED} for one"))
 def test_bare_rediss_url_is_accepted_by_the_result_backend():
     assert celery_for("rediss://:pw@10.0.0.5:6380/0").backend.connparams[
         "ssl_cert_reqs"] == ssl.CERT_REQUIRED
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fix in celery_app.py: for a rediss:// URL without ssl_cert_reqs kombu connects without "
-    "checking the certificate (CERT_NONE), unlike redis-py (required); set "
-    "broker_use_ssl={'ssl_cert_reqs': CERT_REQUIRED} for one"))
 def test_bare_rediss_url_makes_the_broker_verify_the_certificate():
     assert celery_for("rediss://:pw@10.0.0.5:6380/0").connection_for_write().ssl[
         "ssl_cert_reqs"] == ssl.CERT_REQUIRED
