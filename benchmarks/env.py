@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from osiris_tasks.embedded_redis import EmbeddedRedis
+from osiris_tasks.processes import terminate
 from osiris_tasks.reference_sidecar import Faults, make_server
 from osiris_tasks.settings import Settings
 
@@ -92,13 +93,7 @@ class Worker:
         raise RuntimeError("worker did not start:\n" + self.log.read()[-4000:])
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout_s)
         self.log.close()
         os.unlink(self.log.name)
 

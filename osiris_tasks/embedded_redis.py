@@ -19,11 +19,14 @@ from urllib.parse import quote
 
 import redis
 
+from .processes import terminate
+
 __all__ = ["EmbeddedRedis", "TlsFiles", "find_redis_server", "free_port", "redis_reachable"]
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -135,16 +138,8 @@ class EmbeddedRedis:
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server: SIGTERM (SIGKILL after 5 s), or SIGKILL at once with `kill`."""
-        if self._proc and self._proc.poll() is None:
-            if kill:
-                self._proc.kill()
-            else:
-                self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc:
+            terminate(self._proc, STOP_TIMEOUT_S, kill=kill)
         self._proc = None
 
     def __enter__(self) -> str:

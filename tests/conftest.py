@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from osiris_tasks.embedded_redis import EmbeddedRedis, find_redis_server, redis_reachable
+from osiris_tasks.processes import terminate
 from osiris_tasks.reference_sidecar import Faults, make_server
 from osiris_tasks.settings import Settings
 
@@ -128,13 +129,7 @@ class WorkerProcess:
                 self._ready.set()
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout_s)
 
 
 @pytest.fixture
