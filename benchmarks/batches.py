@@ -8,13 +8,20 @@ from typing import Any
 from osiris_tasks.sim import synthetic_ticks
 from osiris_tasks.state import initial_state
 
+from .rows import finished_state
+
 __all__ = ["run_states"]
 
 SYMBOLS = ("AAPL", "MSFT", "NVDA")
 TICKS_PER_RUN = 10
 
 
-def run_states(count: int, *, seed: int = 11) -> list[dict[str, Any]]:
-    """`count` initial run states, each with its own batch of synthetic ticks."""
+def run_states(count: int, *, seed: int = 11, accepted: bool = False) -> list[dict[str, Any]]:
+    """`count` initial run states, each with its own batch of synthetic ticks; with `accepted`,
+    only batches whose proposal (the reference policy's) the risk gate accepts, so every run
+    takes the whole graph: 7 tasks with the evaluators' chord."""
     ticks = synthetic_ticks(SYMBOLS, seed=seed, volatility=0.002)
-    return [initial_state(list(itertools.islice(ticks, TICKS_PER_RUN))) for _ in range(count)]
+    batches = (list(itertools.islice(ticks, TICKS_PER_RUN)) for _ in itertools.count())
+    if accepted:
+        batches = (b for b in batches if finished_state(b)["verdict"]["accepted"])
+    return [initial_state(batch) for batch in itertools.islice(batches, count)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -13,12 +14,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from osiris_tasks.embedded_redis import EmbeddedRedis
+from osiris_tasks.embedded_redis import EmbeddedRedis, free_port
 from osiris_tasks.processes import terminate
 from osiris_tasks.reference_sidecar import Faults, make_server
 from osiris_tasks.settings import Settings
 
-__all__ = ["Worker", "bench_settings", "du_bytes", "embedded_redis", "sidecar", "worker_env"]
+__all__ = [
+    "Worker", "bench_settings", "cpu_s", "du_bytes", "embedded_redis", "sidecar",
+    "sidecar_process", "worker_env",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_READY_TIMEOUT_S = 60.0
@@ -45,6 +49,55 @@ def sidecar(latency_ms: float = 0) -> Iterator[str]:
         server.server_close()
 
 
+class SidecarProcess(str):
+    """The URL of a reference sidecar process, with its `pid`."""
+
+    pid: int
+
+
+@contextlib.contextmanager
+def sidecar_process(latency_ms: float = 0) -> Iterator[SidecarProcess]:
+    """`osiris sidecar` in its own process (its CPU apart from the client's): its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "osiris_tasks.cli", "sidecar", "--port", str(port),
+         "--latency_ms", str(latency_ms), "--log_level", "WARNING"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = SidecarProcess(f"http://127.0.0.1:{port}")
+    url.pid = proc.pid
+    try:
+        _wait_http(url, proc)
+        yield url
+    finally:
+        terminate(proc, 10.0)
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            requests.get(f"{url}/health", timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"the sidecar at {url} did not start")
+
+
+def cpu_s(pid: int, *, children: bool = True) -> float:
+    """CPU seconds (user + system, all threads) process `pid` and, with `children`, its live
+    children (a prefork pool) have used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        kids = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()] if children else []
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_s(child) for child in kids)
+
+
 def bench_settings(redis_url: str, sidecar_url: str, lancedb_uri: str) -> Settings:
     return Settings.from_env({}, redis_url=redis_url, broker_url=redis_url,
                              result_backend=redis_url, sidecar_url=sidecar_url,
@@ -62,21 +115,23 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
         "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
         "PYTHONUNBUFFERED": "1",
+        "OSIRIS_TASK_EVENTS": os.environ.get("BENCH_EVENTS", "0"),
     })
     return env
 
 
 class Worker:
-    """`celery -A osiris_tasks worker ARGS` as a subprocess; `with Worker(...)` stops it."""
+    """`celery -A APP worker ARGS` as a subprocess; `with Worker(...)` stops it."""
 
-    def __init__(self, settings: Settings, *args: str):
+    def __init__(self, settings: Settings, *args: str, app_module: str = "osiris_tasks"):
         # Open as long as the worker runs: closed (and removed) by stop().
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix="osiris-bench-worker-", suffix=".log", delete=False, mode="w+")
+        self.name = f"bench-{os.getpid()}-{id(self)}@{socket.gethostname()}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "osiris_tasks", "worker", "-l", "WARNING",
+            [sys.executable, "-m", "celery", "-A", app_module, "worker", "-l", "WARNING",
              "--without-mingle", "--without-gossip", "--without-heartbeat",
-             "-n", f"bench-{os.getpid()}-{id(self)}@%h", *args],
+             "-n", self.name, *args],
             cwd=REPO, env=worker_env(settings), stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
@@ -86,7 +141,7 @@ class Worker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if app.control.ping(timeout=0.5):
+            if app.control.ping([self.name], timeout=0.5):
                 return
         self.stop()
         self.log.seek(0)

@@ -20,14 +20,14 @@ from osiris_tasks.risk import RiskLimits, assess
 from osiris_tasks.sim import synthetic_ticks
 from osiris_tasks.state import apply_update, initial_state
 
-__all__ = ["run_rows"]
+__all__ = ["finished_state", "run_rows"]
 
 NAV = 100_000.0
 TICKS_PER_RUN = 10
 SYMBOLS = ("AAPL", "MSFT", "NVDA")
 
 
-def _finished_state(ticks: list[dict[str, Any]]) -> dict[str, Any]:
+def finished_state(ticks: list[dict[str, Any]]) -> dict[str, Any]:
     state = initial_state(ticks)
     state = apply_update(state, nodes.query_market(state, default_symbol="SPY"))
     limits = RiskLimits()
@@ -52,6 +52,6 @@ def run_rows(*, seed: int = 7, start_s: float | None = None,
     ticks = synthetic_ticks(SYMBOLS, seed=seed, volatility=0.002)
     now_s = time.time() if start_s is None else start_s
     for i in itertools.count():
-        row = nodes.run_row(_finished_state(list(itertools.islice(ticks, TICKS_PER_RUN))))
+        row = nodes.run_row(finished_state(list(itertools.islice(ticks, TICKS_PER_RUN))))
         stamp_s = now_s + i * step_s
         yield {**row, "run_id": new_run_id(stamp_s), "timestamp": utc_iso(stamp_s)}

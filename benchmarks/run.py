@@ -14,22 +14,24 @@ import warnings
 
 import redis
 
-from . import celery_bench, runner_bench, sidecar_bench, store_bench
-from .env import embedded_redis, sidecar
+from . import bridge_bench, celery_bench, runner_bench, sidecar_bench, store_bench
+from .env import embedded_redis, sidecar_process
 from .report import Report
 
-BENCHMARKS = ("store", "runner", "celery", "sidecar")
+BENCHMARKS = ("store", "runner", "celery", "sidecar", "bridge")
 # Sizes per mode: quick finishes in about two minutes on two cores.
 SIZES = {
-    True: {"store": store_bench.QUICK, "runs": 30, "burst": 40, "slots": (1, 8, 32)},
-    False: {"store": store_bench.FULL, "runs": 200, "burst": 300, "slots": (1, 8, 32, 64)},
+    True: {"store": store_bench.QUICK, "runs": 30, "burst": 40, "slots": (1, 8, 32),
+           "bridge": bridge_bench.QUICK},
+    False: {"store": store_bench.FULL, "runs": 200, "burst": 300, "slots": (1, 8, 32, 64),
+            "bridge": bridge_bench.FULL},
 }
 
 
 def run_suite(report: Report, only: tuple[str, ...]) -> None:
     """Run the benchmarks named in `only` against a fresh Redis and reference sidecar."""
     sizes = SIZES[report.quick]
-    with embedded_redis() as redis_url, sidecar() as sidecar_url:
+    with embedded_redis() as redis_url, sidecar_process() as sidecar_url:
         client = redis.Redis.from_url(redis_url)
         baseline = None
         for name in only:
@@ -42,9 +44,11 @@ def run_suite(report: Report, only: tuple[str, ...]) -> None:
                                             sidecar_url=sidecar_url)
             elif name == "celery":
                 celery_bench.run(report, runs=sizes["burst"], redis_url=redis_url,
-                                 sidecar_url=sidecar_url, baseline=baseline)
+                                 baseline=baseline)
             elif name == "sidecar":
                 sidecar_bench.run(report, slot_counts=sizes["slots"], redis_url=redis_url)
+            elif name == "bridge":
+                bridge_bench.run(report, sizes=sizes["bridge"], redis_url=redis_url)
             report.note(f"{name}: {time.perf_counter() - started:.0f} s")
         client.close()
 

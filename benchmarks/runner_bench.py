@@ -21,8 +21,8 @@ def run(report: Report, *, runs: int, redis_url: str, sidecar_url: str) -> Figur
     with tempfile.TemporaryDirectory(prefix="osiris-bench-runner-") as workdir:
         resources = Resources.from_settings(bench_settings(redis_url, sidecar_url, workdir))
         runner = InProcessRunner(resources)
-        runner.run(run_states(1, seed=99)[0])  # warm-up: tables, connections, imports
-        states = run_states(runs)
+        runner.run(run_states(1, seed=99, accepted=True)[0])  # warm-up: tables, connections
+        states = run_states(runs, accepted=True)
         finals, spent = timed(lambda: [runner.run(state) for state in states])
         statuses = Counter(final.get("status") for final in finals)
         resources.close()

@@ -1,28 +1,52 @@
-"""(d) Sidecar-bound scaling: the reference sidecar answering after 100 ms, N concurrent slots.
-Sidecar calls/s through Celery (`osiris.score_proposal` tasks on a `-Q osiris.sidecar --pool
-threads --concurrency N` worker) vs the ideal N / 0.1 s vs a ThreadPoolExecutor of N threads
-making the same calls with the same `SidecarClient` in this process."""
+"""(d) Sidecar-bound scaling: the reference sidecar (its own process) answering after 100 ms,
+N concurrent slots. Sidecar calls/s through Celery (`osiris.score_proposal` tasks, the
+`osiris.sidecar` queue) vs the ideal N / 0.1 s vs a ThreadPoolExecutor of N threads making the
+same calls with the same `SidecarClient`.
+
+The Celery figure is the workers' drain rate: consumers paused (`cancel_consumer`), every call
+queued, consumers resumed (`add_consumer`), clock stopped at the last result — so the bench
+process's own publishing is not in it. Worker set-ups per N: one `--pool threads` worker, and
+two threads workers of N/2 (N >= 32): one process per core.
+Each figure carries the workers' CPU per call, from which one more worker machine is modelled.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
+
 from osiris_tasks import app, configure
+from osiris_tasks.celery_app import SIDECAR_QUEUE
 from osiris_tasks.sidecar import SidecarClient
 
-from .env import Worker, bench_settings, sidecar
+from .env import Worker, bench_settings, cpu_s, sidecar_process
 from .report import Report
 
 NAME = "sidecar"
 LATENCY_MS = 100
-CALLS_PER_SLOT = 6
-MIN_CALLS = 30
+CALLS_PER_SLOT = 10
+MIN_CALLS = 40
+POLL_S = 0.005
+CORES = 2
 PROPOSAL = {"ticker": "AAPL", "action": "adjust", "side": "LONG", "quantity": 5,
             "price_estimate": 190.0, "new_stop_pct": 1.0, "new_target_pct": 2.0,
             "confidence": 0.6, "rationale": "benchmark"}
 CONTEXT = "AAPL first=189.00 last=190.00 ret_pct=+0.53 vol_pct=0.20"
+
+
+def layouts(slots: int) -> dict[str, list[tuple[str, ...]]]:
+    """Worker set-ups for `slots` concurrent calls: label -> one argument tuple per worker."""
+    def pool(kind: str, n: int) -> tuple[str, ...]:
+        return ("-Q", SIDECAR_QUEUE, "--pool", kind, "--concurrency", str(n))
+
+    found = {f"threads x{slots}": [pool("threads", slots)]}
+    if slots >= 32:
+        found[f"2 workers, threads x{slots // 2}"] = [pool("threads", slots // 2)] * 2
+    return found
 
 
 def _calls(slots: int) -> int:
@@ -41,29 +65,40 @@ def _threads(settings, slots: int, calls: int) -> float:
     return spent
 
 
-def _celery(slots: int, calls: int, timeout_s: float) -> float:
-    """Seconds for `calls` osiris.score_proposal tasks, submitted at once, to finish."""
-    def submit(index: int):
-        run_id = f"bench_{index}"
-        state = {"run_id": run_id, "proposal": PROPOSAL, "market_text": CONTEXT}
-        return app.signature("osiris.score_proposal", args=(state,),
-                             kwargs={"run_id": run_id, "member": True}).apply_async(
-                                 ignore_result=False)
+def _submit(index: int):
+    run_id = f"bench_{index}"
+    state = {"run_id": run_id, "proposal": PROPOSAL, "market_text": CONTEXT}
+    return app.signature("osiris.score_proposal", args=(state,),
+                         kwargs={"run_id": run_id, "member": True}).apply_async(
+                             ignore_result=False)
 
-    for result in [submit(-i - 1) for i in range(slots)]:  # warm-up: threads and connections
+
+def _celery(client: redis.Redis, workers: int, calls: int, timeout_s: float) -> float:
+    """Seconds from resuming the paused consumers until `calls` queued tasks are done."""
+    for result in [_submit(-i - 1) for i in range(workers * 2)]:  # warm-up
         result.get(timeout=timeout_s)
+    app.control.cancel_consumer(SIDECAR_QUEUE, reply=True, limit=workers, timeout=5)
+    results = [_submit(i) for i in range(calls)]
+    keys = [f"celery-task-meta-{result.id}" for result in results]
     started = time.perf_counter()
-    results = [submit(i) for i in range(calls)]
+    app.control.add_consumer(SIDECAR_QUEUE, reply=True, limit=workers, timeout=5)
+    deadline = time.monotonic() + timeout_s
+    while client.exists(*keys) < calls:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sidecar calls not done after {timeout_s} s")
+        time.sleep(POLL_S)
+    spent = time.perf_counter() - started
     for result in results:
         update = result.get(timeout=timeout_s)["update"]
         if "score" not in update:
             raise RuntimeError(f"score_proposal failed: {update}")
-    return time.perf_counter() - started
+    return spent
 
 
 def run(report: Report, *, slot_counts: tuple[int, ...], redis_url: str,
         timeout_s: float = 300.0) -> None:
-    with sidecar(latency_ms=LATENCY_MS) as url, \
+    client = redis.Redis.from_url(redis_url)
+    with sidecar_process(latency_ms=LATENCY_MS) as url, \
             tempfile.TemporaryDirectory(prefix="osiris-bench-sidecar-") as workdir:
         settings = bench_settings(redis_url, url, workdir)
         configure(app, settings)
@@ -74,11 +109,27 @@ def run(report: Report, *, slot_counts: tuple[int, ...], redis_url: str,
             threads = report.add(NAME, f"ThreadPoolExecutor, {slots} threads",
                                  calls / _threads(settings, slots, calls), "calls/s",
                                  baseline=ideal, calls=calls)
-            with Worker(settings, "-Q", "osiris.sidecar", "--pool", "threads",
-                        "--concurrency", str(slots)) as worker:
-                worker.wait_ready(app)
-                spent = _celery(slots, calls, timeout_s)
-            report.add(NAME, f"Celery score_proposal, threads x{slots}", calls / spent,
-                       "calls/s", baseline=threads, calls=calls)
-            report.add(NAME, f"Celery score_proposal, threads x{slots}, vs ideal",
-                       calls / spent, "calls/s", baseline=ideal, calls=calls)
+            for label, worker_args in layouts(slots).items():
+                _layout(report, client, settings, label, worker_args, calls, timeout_s,
+                        ideal=ideal, threads=threads)
+    client.close()
+
+
+def _layout(report: Report, client, settings, label: str, worker_args, calls: int,
+            timeout_s: float, *, ideal, threads) -> None:
+    with contextlib.ExitStack() as stack:
+        workers = [stack.enter_context(Worker(settings, *args)) for args in worker_args]
+        for worker in workers:
+            worker.wait_ready(app)
+        before = sum(cpu_s(worker.proc.pid) for worker in workers)
+        spent = _celery(client, len(workers), calls, timeout_s)
+        cpu_ms = (sum(cpu_s(worker.proc.pid) for worker in workers) - before) / calls * 1000
+    rate = calls / spent
+    report.add(NAME, f"Celery score_proposal, {label}", rate, "calls/s", baseline=threads,
+               calls=calls, worker_cpu_ms_per_call=round(cpu_ms, 3))
+    report.add(NAME, f"Celery score_proposal, {label}, vs ideal", rate, "calls/s",
+               baseline=ideal, calls=calls)
+    # The warm-up calls are in the CPU figure too: an upper bound of the per-call cost.
+    report.add(NAME, f"Celery score_proposal, {label}: worker CPU per call", cpu_ms, "ms",
+               ceiling_calls_per_s_per_2_core_machine=round(CORES * 1000 / cpu_ms)
+               if cpu_ms else None)

@@ -81,6 +81,8 @@ STATS_KEY = "osiris:bridge:stats"
 ALL_SYMBOLS = "*"
 # Longest the read loop blocks without checking stop, max_wait_s and in-flight expiry.
 POLL_INTERVAL_S = 0.1
+# Most messages the read loop takes straight from the connection between two get_message calls.
+MAX_BUFFERED_READS = 1000
 # A run with no advice.generated after this long is released from the in-flight set.
 INFLIGHT_TIMEOUT_S = 600.0
 # Reconnect backoff after losing Redis: doubles from MIN to MAX.
@@ -504,15 +506,33 @@ class Bridge:
         while not self._stopping():
             message = pubsub.get_message(timeout=POLL_INTERVAL_S)
             if message is not None:
-                if message["channel"] == self._market:
-                    self._on_tick(message["data"])
-                elif message["channel"] == self._advice:
-                    self._on_advice(message["data"])
+                self._on_message(message["channel"], message["data"])
+                self._read_buffered(pubsub)
             now = time.monotonic()
             if now >= next_housekeeping:
                 self._batcher.flush_aged()
                 self._batcher.expire()
                 next_housekeeping = now + POLL_INTERVAL_S
+
+    def _read_buffered(self, pubsub: redis.client.PubSub) -> None:
+        """Messages already on hand (in the parser or the socket), read off the connection
+        without get_message's per-message bookkeeping, which costs as much as the rest of the
+        loop under a burst. A pending health-check PONG is left to get_message."""
+        connection = pubsub.connection
+        for _ in range(MAX_BUFFERED_READS):
+            if pubsub.health_check_response_counter or not connection.can_read(0):
+                return
+            response = connection.read_response(disconnect_on_error=False, push_request=True)
+            if isinstance(response, list) and response[0] == b"message":
+                self._on_message(response[1], response[2])
+            else:
+                pubsub.handle_message(response, ignore_subscribe_messages=True)
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        if channel == self._market:
+            self._on_tick(data)
+        elif channel == self._advice:
+            self._on_advice(data)
 
     def _on_tick(self, data: bytes) -> None:
         self._counters.incr("ticks_received")

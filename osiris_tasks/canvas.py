@@ -82,6 +82,7 @@ def continuation(app: Celery, targets: Sequence[str], state: Mapping[str, Any]) 
 
 
 def submit_run(app: Celery, state: Mapping[str, Any]):
-    """Submit a run's canvas in its root span; returns the AsyncResult of its chain."""
+    """Submit a run's canvas in its root span; returns its AsyncResult, whose id is the run_id
+    (no result is stored for it: nothing subscribes to it, nothing waits on it)."""
     with telemetry.batch_span(state["run_id"], len(state.get("ticks", ()))):
-        return build_canvas(app, state).apply_async()
+        return build_canvas(app, state).apply_async(ignore_result=True)

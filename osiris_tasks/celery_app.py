@@ -85,8 +85,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": RESULT_EXPIRES_S,
         "task_time_limit": settings.task_time_limit_s,
         "task_soft_time_limit": settings.task_time_limit_s - 5,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
     }
 
 

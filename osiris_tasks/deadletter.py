@@ -46,7 +46,7 @@ class DeadLetter:
         while (entry := self._redis.lindex(self._key, 0)) is not None:
             row = orjson.loads(entry)["row"]
             try:
-                store.record_run(row)
+                store.record_run(row, recheck=True)
             except StoreError as exc:
                 logger.error("run_id=%s replay failed: %s", row.get("run_id"), exc)
                 break

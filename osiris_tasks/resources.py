@@ -12,13 +12,15 @@ from .portfolio import Portfolio
 from .risk import RiskLimits
 from .settings import Settings
 from .sidecar import SidecarClient
-from .store import RunStore
+from .store import DEFAULT_SEEN_TTL_S, RunStore
 
 __all__ = ["Resources", "redis_client"]
 
 REDIS_SOCKET_TIMEOUT_S = 5.0
 REDIS_CONNECT_TIMEOUT_S = 3.0
 REDIS_HEALTH_CHECK_INTERVAL_S = 30
+# A row's seen mark outlives this many visibility timeouts (a redelivered write comes after one).
+SEEN_TTL_VISIBILITY_TIMEOUTS = 4
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -53,6 +55,8 @@ class Resources:
             sidecar=SidecarClient.from_settings(settings),
             store=RunStore(
                 settings.lancedb_uri, redis=client,
+                seen_ttl_s=max(DEFAULT_SEEN_TTL_S, SEEN_TTL_VISIBILITY_TIMEOUTS
+                               * settings.visibility_timeout_s),
                 maintain_every_commits=settings.store_maintain_every_commits,
                 cleanup_older_than_s=settings.store_cleanup_older_than_s),
             portfolio=Portfolio(client, default_nav=settings.nav,

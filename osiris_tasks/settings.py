@@ -66,6 +66,7 @@ class Settings:
     default_symbol: str = DEFAULT_SYMBOL
     max_length: int = DEFAULT_MAX_LENGTH
     json_logs: bool = False
+    task_events: bool = False  # Celery task events for monitors; Flower turns them on itself
     otlp_endpoint: str | None = None  # OTLP/HTTP base URL; tracing is off without it
     otel_service_name: str | None = None  # else each process's default (see telemetry.py)
 
@@ -102,6 +103,7 @@ class Settings:
             daily_pnl=_float(env, "OSIRIS_DAILY_PNL", 0.0),
             default_symbol=env.get("OSIRIS_DEFAULT_SYMBOL") or DEFAULT_SYMBOL,
             json_logs=_bool(env, "OSIRIS_JSON_LOGS"),
+            task_events=_bool(env, "OSIRIS_TASK_EVENTS"),
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             otel_service_name=env.get("OTEL_SERVICE_NAME") or None,
         )

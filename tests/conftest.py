@@ -97,6 +97,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
         "PYTHONUNBUFFERED": "1",
     })
+    if settings.task_events:
+        env["OSIRIS_TASK_EVENTS"] = "1"
     return env
 
 

@@ -33,3 +33,28 @@ def test_store_benchmark_at_tiny_sizes_writes_a_report(redis_url, tmp_path):
     json_path, md_path = report.write(tmp_path)
     assert json.loads(json_path.read_text())["figures"][0]["name"] == single.name
     assert "| store | record_run, 1 row per commit, 1 thread |" in md_path.read_text()
+
+
+def test_accepted_run_states_take_the_whole_graph():
+    from benchmarks.batches import run_states
+    from benchmarks.rows import finished_state
+
+    states = run_states(5, seed=3, accepted=True)
+
+    assert len({state["run_id"] for state in states}) == 5
+    assert all(finished_state(state["ticks"])["verdict"]["accepted"] for state in states)
+    assert not all(finished_state(s["ticks"])["verdict"]["accepted"]
+                   for s in run_states(20, seed=3))  # the filter is doing something
+
+
+def test_bridge_benchmark_at_tiny_sizes_loses_nothing(redis_url):
+    from benchmarks import bridge_bench
+
+    report = Report(quick=True)
+
+    bridge_bench.run(report, sizes=bridge_bench.TINY, redis_url=redis_url)
+
+    figures = {figure.name.split(",")[0]: figure for figure in report.figures}
+    assert figures["bare redis-py subscriber (get_message loop)"].value > 0
+    bridge = next(f for f in report.figures if "drain rate" in f.name and f.baseline)
+    assert bridge.ratio > 0  # its counters showed no loss, or run() raised

@@ -47,6 +47,18 @@ def _flower_tasks(port: int, search: str) -> dict:
     return reply.json() if reply.ok else {}
 
 
+def _flower_sees_a_new_run(port: int, store: RunStore) -> bool:
+    state = initial_state(REJECTED_BATCH)
+    submit_run(app, state)
+    wait_for(lambda: store.get_run(state["run_id"]), timeout_s=60)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        if _flower_tasks(port, state["run_id"]):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_flower_finds_every_task_of_a_run(settings, worker_factory):
     configure(app, settings)
     port = free_port()
@@ -54,10 +66,13 @@ def test_flower_finds_every_task_of_a_run(settings, worker_factory):
     try:
         wait_for(lambda: _get_status(port), timeout_s=60)
         worker_factory(settings)
+        store = RunStore(settings.lancedb_uri)
+        # Workers send no task events until Flower asks (OSIRIS_TASK_EVENTS unset): it does
+        # every 5 s, so within seconds of the worker's start Flower sees its tasks.
+        wait_for(lambda: _flower_sees_a_new_run(port, store), timeout_s=60)
         runs = [initial_state(ACCEPTED_BATCH), initial_state(REJECTED_BATCH)]
         for state in runs:
             submit_run(app, state)
-        store = RunStore(settings.lancedb_uri)
         for state in runs:
             wait_for(lambda s=state: store.get_run(s["run_id"]), timeout_s=60)
         accepted, rejected = (r["run_id"] for r in runs)
@@ -195,10 +210,12 @@ def test_bridge_serves_its_counters_as_prometheus_metrics(settings):
                 text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
             except requests.RequestException:
                 return None
-            return text if "osiris_bridge_ticks_received_total 2.0" in text else None
+            # counters are published one by one: wait for the last of them
+            rejected = 'osiris_bridge_ticks_rejected_by_reason_total{reason="not_json"} 1.0'
+            return text if rejected in text else None
 
         text = wait_for(scrape, timeout_s=20)
-        assert 'osiris_bridge_ticks_rejected_by_reason_total{reason="not_json"} 1.0' in text
+        assert "osiris_bridge_ticks_received_total 2.0" in text
         assert "osiris_bridge_inflight" in text
     finally:
         os.killpg(bridge.pid, signal.SIGTERM)

@@ -104,7 +104,8 @@ def assert_nowhere(secrets_: tuple[str, ...], **places: str | bytes) -> None:
 
 def run_through_worker(settings: Settings, worker_factory, token: str, caplog) -> dict:
     """One run via the bridge and one submitted directly, on a worker given the token; returns
-    everything a secret could leak into."""
+    everything a secret could leak into (task events included: they are turned on)."""
+    settings = settings.with_(task_events=True)
     configure(app, settings)
     events = CeleryEvents(app)
     worker = worker_factory(settings, env_extra={"OSIRIS_SIDECAR_TOKEN": token})

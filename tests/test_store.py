@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import os
 import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -568,3 +569,45 @@ def test_appends_from_two_processes_survive_a_third_compacting(uri, redis_client
     store = RunStore(uri)
     assert sorted(row["run_id"] for row in store.iter_runs()) == sorted(written)
     assert store.count(RUNS_TABLE) == expected
+
+
+# --- seen marks: a key's first write skips the existence query (claims.py) -----------------
+
+SEEN_SINCE = "osiris:seen:since"
+
+
+def test_a_first_write_is_marked_seen_and_a_duplicate_is_still_refused(redis_store,
+                                                                        redis_client):
+    assert redis_store.record_run(_run("run-1"))
+
+    assert 0 < redis_client.ttl(f"osiris:seen:{RUNS_TABLE}:run-1") <= 3600
+    assert float(redis_client.hvals(SEEN_SINCE)[0]) <= time.time()  # empty table: trusted
+    assert not redis_store.record_run(_run("run-1"))
+    assert redis_store.count(RUNS_TABLE) == 1
+
+
+def test_after_redis_loses_the_marks_duplicates_are_still_refused(redis_store, redis_client):
+    assert redis_store.record_run(_run("run-1"))
+    redis_client.flushdb()  # a restart without persistence
+
+    assert not redis_store.record_run(_run("run-1"))
+    assert redis_store.record_run(_run("run-2")) and not redis_store.record_run(_run("run-2"))
+    assert redis_store.count(RUNS_TABLE) == 2
+    # marks are trusted again only once every row written before has aged past them
+    assert float(redis_client.hvals(SEEN_SINCE)[0]) > time.time() + 3000
+
+
+def test_a_table_with_unmarked_rows_is_looked_up(uri, redis_client):
+    RunStore(uri).record_run(_run("run-1"))  # written with no Redis, so with no mark
+
+    store = RunStore(uri, redis=redis_client)
+    assert not store.record_run(_run("run-1"))
+    assert store.count(RUNS_TABLE) == 1
+
+
+def test_a_replay_looks_up_a_key_whose_mark_aged_out(redis_store, redis_client):
+    assert redis_store.record_run(_run("run-1"))
+    redis_client.delete(f"osiris:seen:{RUNS_TABLE}:run-1")
+
+    assert not redis_store.record_run(_run("run-1"), recheck=True)
+    assert redis_store.count(RUNS_TABLE) == 1

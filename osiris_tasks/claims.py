@@ -1,0 +1,196 @@
+"""Row-key claims in Redis: one writer at a time per key, across processes and hosts, and the
+marks that let a key's first write skip LanceDB's existence query.
+
+Claims
+    A claim is `SET osiris:lock:<table>:<key> <token> NX PX claim_ttl` (redis-py `Lock`'s key
+    format), all keys of a batch in one pipeline, released by one script that deletes only the
+    claims still holding the writer's token. While the writer works, a thread renews its claims
+    every third of their TTL, so a killed writer's keys come free within `claim_ttl_s`.
+
+Seen marks (why a first write needs no query)
+    The same pipeline sets `osiris:seen:<table>:<key>` with `NX EX seen_ttl_s`. Every writer sets
+    that mark *before* it writes, so a key whose mark this pipeline created (and whose claim it
+    holds) has never been written: the store appends it without asking LanceDB. Any other key —
+    a redelivered task, a retry, a replay — is looked up as before. A mark must outlive every
+    duplicate of its write: `seen_ttl_s` is at least 4 broker visibility timeouts (Resources).
+
+    Marks are only as complete as Redis' memory. The hash `osiris:seen:since` holds, per table and
+    LanceDB URI, the time from which marks are trusted: when the store found the table empty
+    (every row written since was marked first), otherwise `now + seen_ttl_s` — so after a
+    flush, a restart without persistence, or on first use of an existing table, every write
+    looks rows up until any row written before has aged past the marks' horizon. Redis must not
+    evict keys (`maxmemory-policy noeviction`, which the Celery broker needs anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from redis.exceptions import RedisError
+
+from .errors import StoreError
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["Claim", "RedisClaims", "ids_text", "one_run_id"]
+
+log = logging.getLogger(__name__)
+
+LOCK_PREFIX = "osiris:lock"
+SEEN_PREFIX = "osiris:seen"
+SINCE_KEY = "osiris:seen:since"
+# Deletes each claim still holding this writer's token (a claim that expired is left alone).
+_RELEASE_LUA = """
+local released = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[1] then
+    redis.call('del', key)
+    released = released + 1
+  end
+end
+return released
+"""
+# Extends the TTL (ARGV[2] ms) of each claim still holding this writer's token (ARGV[1]).
+_RENEW_LUA = """
+local renewed = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[1] then
+    redis.call('pexpire', key, ARGV[2])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+
+
+class Claim(NamedTuple):
+    """What one claim attempt got: the keys now held, and those of them never written."""
+
+    held: list[str]
+    fresh: frozenset[str]
+
+
+def ids_text(run_ids: Sequence[str | None]) -> str:
+    """`run_id=X` for one run, `run_ids=X,Y,Z (+n)` for a batch: for log lines."""
+    unique = list(dict.fromkeys(run_id for run_id in run_ids if run_id))
+    if len(unique) <= 1:
+        return f"run_id={unique[0] if unique else None}"
+    more = f" (+{len(unique) - 3})" if len(unique) > 3 else ""
+    return f"run_ids={','.join(unique[:3])}{more}"
+
+
+def one_run_id(run_ids: Sequence[str | None]) -> str | None:
+    """The run_id a StoreError carries: the batch's only run_id, else None."""
+    unique = set(run_ids)
+    return unique.pop() if len(unique) == 1 else None
+
+
+def store_namespace(uri: str) -> str:
+    """A short stable name for a LanceDB URI (local paths made absolute)."""
+    canonical = uri if "://" in uri else os.path.abspath(uri)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:16]
+
+
+class RedisClaims:
+    """Claims and seen marks for the tables of one LanceDB URI."""
+
+    def __init__(self, client: redis.Redis, *, uri: str, claim_ttl_s: float, seen_ttl_s: float):
+        self._redis = client
+        self._namespace = store_namespace(uri)
+        self._claim_ttl_ms = max(1, int(claim_ttl_s * 1000))
+        self._seen_ttl_s = max(1, int(seen_ttl_s))
+
+    def table_empty(self, table: str) -> None:
+        """`table` has no row now: every row written from now on is marked first."""
+        try:
+            self._redis.hset(SINCE_KEY, self._since_field(table), time.time())
+        except RedisError as exc:  # only speed is lost: writes look rows up
+            log.warning("%s: cannot record when seen marks start: %s", table, exc)
+
+    @contextlib.contextmanager
+    def claim(self, table: str, keys: list[str], run_ids: list[str]) -> Iterator[Claim]:
+        """Claim `keys` of `table` for the block; a key another writer holds is not held."""
+        token = secrets.token_hex(16)
+        names = [f"{LOCK_PREFIX}:{table}:{key}" for key in keys]
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.set(name, token, nx=True, px=self._claim_ttl_ms)
+            for key in keys:
+                pipe.set(f"{SEEN_PREFIX}:{table}:{key}", 1, nx=True, ex=self._seen_ttl_s)
+            pipe.hget(SINCE_KEY, self._since_field(table))
+            replies = pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"cannot claim {len(keys)} key(s) of {table}: {exc}",
+                             run_id=one_run_id(run_ids)) from exc
+        claimed, first, since = replies[:len(keys)], replies[len(keys):-1], replies[-1]
+        trusted = self._trusted(table, since)
+        held = [key for key, ok in zip(keys, claimed, strict=True) if ok]
+        fresh = frozenset(key for key, ok, new in zip(keys, claimed, first, strict=True)
+                          if ok and new and trusted)
+        held_names = [f"{LOCK_PREFIX}:{table}:{key}" for key in held]
+        try:
+            with self._renewing(held_names, token, run_ids):
+                yield Claim(held, fresh)
+        finally:
+            self._release(held_names, token, run_ids)
+
+    def _since_field(self, table: str) -> str:
+        return f"{table}:{self._namespace}"
+
+    def _trusted(self, table: str, since: bytes | None) -> bool:
+        """Whether seen marks of `table` can be trusted now (starting the clock if unset)."""
+        if since is not None:
+            return float(since) <= time.time()
+        try:  # first use of an existing table, or Redis lost its data
+            self._redis.hsetnx(SINCE_KEY, self._since_field(table), time.time() + self._seen_ttl_s)
+        except RedisError as exc:
+            log.warning("%s: cannot record when seen marks start: %s", table, exc)
+        return False
+
+    @contextlib.contextmanager
+    def _renewing(self, names: list[str], token: str, run_ids: list[str]) -> Iterator[None]:
+        """Renew the claims `names` every third of their TTL until the block ends."""
+        if not names:
+            yield
+            return
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self._claim_ttl_ms / 3000):
+                try:
+                    self._redis.eval(_RENEW_LUA, len(names), *names, token, self._claim_ttl_ms)
+                except RedisError as exc:
+                    log.warning("could not renew %s claim(s) %s: %s", len(names),
+                                ids_text(run_ids), exc)
+
+        renewer = threading.Thread(target=renew, name="osiris-claim-renewer", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+
+    def _release(self, names: list[str], token: str, run_ids: list[str]) -> None:
+        """Release claims; by now the write is done, so a failure is logged, not raised."""
+        if not names:
+            return
+        try:
+            released = self._redis.eval(_RELEASE_LUA, len(names), *names, token)
+        except RedisError as exc:
+            log.warning("could not release %s claim(s) (they expire on their own) %s: %s",
+                        len(names), ids_text(run_ids), exc)
+            return
+        if released < len(names):
+            log.warning("%s claim(s) expired before the write finished (not renewed in time) %s",
+                        len(names) - released, ids_text(run_ids))
