@@ -115,7 +115,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
         "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
         "PYTHONUNBUFFERED": "1",
-        "OSIRIS_TASK_EVENTS": os.environ.get("BENCH_EVENTS", "0"),
+        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),  # as workers/ profiles
     })
     return env
 

@@ -14,9 +14,9 @@ its run_id, so each run's time splits into bridge (tick -> submit called), submi
 (`submit_run`), and the workers' part, which the recorded `timings_ms` split into node time on
 the critical path and Celery's hops between the tasks.
 
-Baseline, in the same run: the same batches through `InProcessRunner` (same Redis, sidecar and
+Baselines, in the same run: the same batches through `InProcessRunner` (same Redis, sidecar and
 a LanceDB of its own), from `runner.run(state)` to the arrival of its `advice.generated` on the
-same subscriber (the whole run, `record_run` included, is in the params).
+same subscriber, p50 and p99 (the whole run, `record_run` included, is in the params).
 
 Memory (target: worker RSS flat over 10k runs). One threads worker serving every queue; runs
 submitted with `submit_run`, at most `memory_inflight` without their `advice.generated`; the
@@ -77,6 +77,8 @@ EVALUATORS = ("evaluate_proposal", "score_proposal")
 
 @dataclass(frozen=True)
 class Sizes:
+    """How much each part measures."""
+
     warmup_runs: int      # runs before measuring: imports, tables, connections
     latency_runs: int     # measured runs per worker layout (and in-process)
     run_interval_s: float  # one batch completes every this many seconds
@@ -113,7 +115,8 @@ class AdviceListener:
     (`perf_counter()`) each run's event arrived, and the run's status."""
 
     def __init__(self, redis_url: str):
-        self._pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+        self._client = redis.Redis.from_url(redis_url)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(ADVICE_CHANNEL)
         self._pubsub.get_message(timeout=1.0)  # the confirmation: subscribed from here on
         self._arrived: dict[str, tuple[float, str]] = {}
@@ -155,6 +158,7 @@ class AdviceListener:
         self._stop.set()
         self._thread.join()
         self._pubsub.close()
+        self._client.close()
 
     def __enter__(self) -> AdviceListener:
         return self
@@ -252,9 +256,9 @@ def _median_ms(samples_s: Sequence[float]) -> float:
 
 
 def in_process(report: Report, sizes: Sizes, redis_url: str, sidecar_url: str,
-               listener: AdviceListener) -> Figure:
-    """The baseline: batches through InProcessRunner, one after another, from `run()` to
-    their advice.generated."""
+               listener: AdviceListener) -> tuple[Figure, Figure]:
+    """The baselines, p50 and p99: batches through InProcessRunner, one after another, from
+    `run()` to their advice.generated."""
     to_advice, whole = [], []
     with tempfile.TemporaryDirectory(prefix="osiris-bench-latency-") as workdir:
         resources = Resources.from_settings(bench_settings(redis_url, sidecar_url, workdir))
@@ -270,13 +274,17 @@ def in_process(report: Report, sizes: Sizes, redis_url: str, sidecar_url: str,
         finally:
             resources.close()
     stats = percentiles_ms(to_advice)
-    return report.add(NAME, "in-process runner: batch -> advice.generated, p50", stats["p50"],
-                      "ms", runs=len(to_advice), **stats, whole_run_p50_ms=_median_ms(whole))
+    name = "in-process runner: batch -> advice.generated"
+    return (report.add(NAME, f"{name}, p50", stats["p50"], "ms", runs=len(to_advice), **stats,
+                       whole_run_p50_ms=_median_ms(whole)),
+            report.add(NAME, f"{name}, p99", stats["p99"], "ms", runs=len(to_advice)))
 
 
 def through_workers(report: Report, sizes: Sizes, label: str, worker_args, *, redis_url: str,
-                    sidecar_url: str, listener: AdviceListener, baseline: Figure) -> None:
-    """Latency figures of one worker layout, with where the time goes."""
+                    sidecar_url: str, listener: AdviceListener,
+                    baselines: tuple[Figure, Figure]) -> None:
+    """Latency figures of one worker layout (p50 and p99, against the in-process ones), with
+    where the time goes."""
     with tempfile.TemporaryDirectory(prefix="osiris-bench-latency-") as workdir:
         settings = bench_settings(redis_url, sidecar_url, workdir)
         configure(app, settings)
@@ -290,12 +298,12 @@ def through_workers(report: Report, sizes: Sizes, label: str, worker_args, *, re
     latencies = [run["latency_s"] for run in measured]
     stats = percentiles_ms(latencies)
     report.add(NAME, f"{label}: tick -> advice.generated, p50 (target <= {P50_TARGET_MS:g} "
-               f"ms)", stats["p50"], "ms", baseline=baseline, layout=label,
+               f"ms)", stats["p50"], "ms", baseline=baselines[0], layout=label,
                runs=len(measured), run_interval_s=sizes.run_interval_s,
                targets_ms={"p50": P50_TARGET_MS, "p99": P99_TARGET_MS}, **stats,
                outcomes=_outcomes(measured))
     report.add(NAME, f"{label}: tick -> advice.generated, p99 (target <= {P99_TARGET_MS:g} "
-               f"ms)", stats["p99"], "ms", baseline=baseline, runs=len(measured))
+               f"ms)", stats["p99"], "ms", baseline=baselines[1], runs=len(measured))
     report.add(NAME, f"{label}: Celery overhead per hop, p50", _per_hop_ms(measured, timings),
                "ms", **_breakdown(measured, timings))
 
@@ -337,15 +345,20 @@ def _recorded_timings(uri: str, redis_url: str, runs: int) -> dict[str, dict[str
     client = redis.Redis.from_url(redis_url)
     store = RunStore(uri, redis=client)
     try:
-        deadline = time.monotonic() + RECORD_TIMEOUT_S
-        while store.count(RUNS_TABLE) < runs:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {store.count(RUNS_TABLE)} of {runs} runs recorded")
-            time.sleep(POLL_S)
+        _wait_recorded(store, runs)
         return {row["run_id"]: orjson.loads(row["timings_ms"]) for row in store.iter_runs()}
     finally:
         store.close()
         client.close()
+
+
+def _wait_recorded(store: RunStore, runs: int) -> None:
+    """Until `runs` rows are in the runs table (record_run follows advice.generated)."""
+    deadline = time.monotonic() + RECORD_TIMEOUT_S
+    while store.count(RUNS_TABLE) < runs:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {store.count(RUNS_TABLE)} of {runs} runs recorded")
+        time.sleep(POLL_S)
 
 
 def _critical_ms(timings: dict[str, float]) -> float:
@@ -387,11 +400,12 @@ def _breakdown(runs: list[dict], timings: dict[str, dict]) -> dict[str, Any]:
 
 
 def _outcomes(runs: list[dict]) -> dict[str, dict[str, Any]]:
-    """Per status: how many runs, and their p50 latency in ms."""
+    """Per status: how many runs, and their p50 and max latency in ms."""
     by_status: dict[str, list[float]] = {}
     for run in runs:
         by_status.setdefault(run["status"], []).append(run["latency_s"])
-    return {status: {"runs": len(samples), "p50_ms": _median_ms(samples)}
+    return {status: {"runs": len(samples), "p50_ms": _median_ms(samples),
+                     "max_ms": round(max(samples) * 1000, 2)}
             for status, samples in sorted(by_status.items())}
 
 
@@ -415,13 +429,28 @@ def worker_memory(report: Report, sizes: Sizes, *, redis_url: str, sidecar_url: 
                 _submit_paced(states, listener, sizes.memory_inflight)
                 samples.append(round(rss_mb(worker.proc.pid), 1))
             spent_s = time.perf_counter() - started
+            table = _table_stats(workdir, step * MEMORY_STEPS)
     runs, half = step * MEMORY_STEPS, MEMORY_STEPS // 2
     # Over the second half only: the first tenths still include warm-up.
     slope = (samples[-1] - samples[half - 1]) / (step * half) * 1000
-    report.add(NAME, f"worker RSS growth over {runs} runs (after the first 10%), "
-               f"{SINGLE}", max(samples[1:]) - samples[0], "MB", idle_mb=round(idle_mb, 1),
-               rss_mb=samples, mb_per_1k_runs=round(slope, 2), runs=runs,
-               runs_per_s=round(runs / spent_s, 1), max_inflight=sizes.memory_inflight)
+    warm = report.add(NAME, f"worker RSS after the first {step} runs, {SINGLE}", samples[0],
+                      "MB", idle_mb=round(idle_mb, 1))
+    report.add(NAME, f"worker RSS growth over {runs} runs (after the first 10%), {SINGLE}",
+               round(max(samples[1:]) - samples[0], 1), "MB", baseline=warm, rss_mb=samples,
+               mb_per_1k_runs=round(slope, 2), runs=runs, runs_per_s=round(runs / spent_s, 1),
+               max_inflight=sizes.memory_inflight, runs_table=table)
+
+
+def _table_stats(uri: str, runs: int) -> dict[str, Any]:
+    """Rows, fragments and versions of the runs table at `uri` once `runs` are recorded
+    (LanceDB caches metadata per version, so these explain part of a writer's RSS)."""
+    store = RunStore(uri)
+    try:
+        _wait_recorded(store, runs)
+        stats = store.stats(RUNS_TABLE)
+    finally:
+        store.close()
+    return {key: stats[key] for key in ("rows", "fragments", "versions")}
 
 
 def _submit_paced(states: Sequence[dict], listener: AdviceListener, inflight: int) -> None:
@@ -440,10 +469,10 @@ def _submit_paced(states: Sequence[dict], listener: AdviceListener, inflight: in
 def run(report: Report, *, sizes: Sizes, redis_url: str, sidecar_url: str) -> None:
     """Every latency and memory figure, against the Redis and sidecar at these URLs."""
     with AdviceListener(redis_url) as listener:
-        baseline = in_process(report, sizes, redis_url, sidecar_url, listener)
+        baselines = in_process(report, sizes, redis_url, sidecar_url, listener)
         for label, worker_args in LAYOUTS.items():
             through_workers(report, sizes, label, worker_args, redis_url=redis_url,
-                            sidecar_url=sidecar_url, listener=listener, baseline=baseline)
+                            sidecar_url=sidecar_url, listener=listener, baselines=baselines)
         worker_memory(report, sizes, redis_url=redis_url, sidecar_url=sidecar_url,
                       listener=listener)
     report.note("latency: bridge in the bench process on a bench channel, ticks PUBLISHed one "
