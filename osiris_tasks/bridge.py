@@ -67,6 +67,7 @@ from redis.retry import Retry
 
 from .errors import BridgeError, ConfigError, TickRejected
 from .ids import new_run_id, utc_iso
+from .pubsub_backlog import backlog
 from .settings import redact_url
 from .state import initial_state
 from .ticks import parse_tick
@@ -515,18 +516,12 @@ class Bridge:
                 next_housekeeping = now + POLL_INTERVAL_S
 
     def _read_buffered(self, pubsub: redis.client.PubSub) -> None:
-        """Messages already on hand (in the parser or the socket), read off the connection
-        without get_message's per-message bookkeeping, which costs as much as the rest of the
-        loop under a burst. A pending health-check PONG is left to get_message."""
-        connection = pubsub.connection
-        for _ in range(MAX_BUFFERED_READS):
-            if pubsub.health_check_response_counter or not connection.can_read(0):
-                return
-            response = connection.read_response(disconnect_on_error=False, push_request=True)
-            if isinstance(response, list) and response[0] == b"message":
-                self._on_message(response[1], response[2])
+        """Messages already on hand, read without `get_message`'s per-message cost."""
+        for reply in backlog(pubsub, MAX_BUFFERED_READS):
+            if isinstance(reply, list) and reply[0] == b"message":
+                self._on_message(reply[1], reply[2])
             else:
-                pubsub.handle_message(response, ignore_subscribe_messages=True)
+                pubsub.handle_message(reply, ignore_subscribe_messages=True)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         if channel == self._market:

@@ -17,6 +17,7 @@ from celery.signals import setup_logging
 from kombu import Queue
 
 from .logs import setup_logging as configure_logging
+from .serialization import SERIALIZER, register_serializer
 from .settings import Settings
 
 __all__ = ["QUEUES", "SIDECAR_NODES", "app", "celery_config", "configure", "settings_of"]
@@ -40,6 +41,7 @@ UNACKED_RESTORE_THROTTLE = 1
 PUBLISH_RETRY_POLICY = {"max_retries": 12, "interval_start": 0, "interval_step": 0.5,
                         "interval_max": 2.0}
 
+register_serializer()
 app = Celery("osiris_tasks", include=["osiris_tasks.tasks"])
 
 
@@ -68,7 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_use_ssl": _tls_options(settings.broker_url),
         "redis_backend_use_ssl": _tls_options(settings.result_backend),
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
-        "task_serializer": "json",
+        "task_serializer": SERIALIZER,  # JSON, written by orjson (serialization.py)
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],

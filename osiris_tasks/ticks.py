@@ -44,20 +44,21 @@ def parse_tick(raw: bytes | str, *, default_symbol: str, now_s: float | None = N
 
 def validate_tick(obj: Any, *, default_symbol: str, now_s: float | None = None) -> Tick:
     """Return the tick's validated fields only; raise `TickRejected` with the reason."""
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):
         raise TickRejected(f"tick must be a JSON object, got {type(obj).__name__}")
     if len(obj) > MAX_TICK_KEYS:
         raise TickRejected(f"tick has {len(obj)} keys (max {MAX_TICK_KEYS})")
+    close = "close" if "close" in obj else "price"
     tick: Tick = {
         "symbol": _symbol(obj.get("symbol"), default_symbol),
-        "close": _price(obj, "close" if "close" in obj else "price", required=True),
+        "close": _price(obj.get(close), close),
         "timestamp": _timestamp(obj.get("timestamp"), now_s),
     }
     for name in OPTIONAL_PRICES:
-        if obj.get(name) is not None:
-            tick[name] = _price(obj, name, required=True)
-    if obj.get("volume") is not None:
-        tick["volume"] = _finite(obj["volume"], "volume")
+        if (value := obj.get(name)) is not None:
+            tick[name] = _price(value, name)
+    if (volume := obj.get("volume")) is not None:
+        tick["volume"] = _finite(volume, "volume")
         if tick["volume"] < 0:
             raise TickRejected("volume must not be negative")
     if "high" in tick and "low" in tick and tick["high"] < tick["low"]:
@@ -71,6 +72,10 @@ def _sample(raw: bytes | str) -> str:
 
 
 def _finite(value: Any, name: str) -> float:
+    if type(value) is float:  # the common case, on the bridge's hot path
+        if value - value == 0.0:  # false for inf and nan
+            return value
+        raise TickRejected(f"{name} must be finite")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TickRejected(f"{name} must be a number, got {type(value).__name__}")
     try:
@@ -82,11 +87,11 @@ def _finite(value: Any, name: str) -> float:
     return number
 
 
-def _price(obj: Mapping, name: str, *, required: bool) -> float:
-    if obj.get(name) is None:
+def _price(value: Any, name: str) -> float:
+    if value is None:
         raise TickRejected("missing close (or price)" if name in ("close", "price") else
                            f"missing {name}")
-    price = _finite(obj[name], name)
+    price = _finite(value, name)
     if price <= 0:
         raise TickRejected(f"{name} must be positive")
     return price

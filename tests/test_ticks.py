@@ -64,6 +64,15 @@ def test_rejections_carry_a_reason(raw, reason):
     assert reason in info.value.reason
 
 
+@pytest.mark.parametrize("field", ["close", "open", "high", "low", "volume", "timestamp"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_handed_in_from_python_are_rejected(field, value):
+    tick = {"close": 2.0, "open": 2.0, "high": 3.0, "low": 1.0, "volume": 5.0,
+            "timestamp": NOW, field: value}
+    with pytest.raises(TickRejected, match=f"{field} must be finite"):
+        validate_tick(tick, default_symbol="SPY")
+
+
 def test_oversized_message_is_rejected_before_parsing():
     raw = b'{"close": 1, "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     with pytest.raises(TickRejected, match="exceeds") as info:
