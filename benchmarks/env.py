@@ -105,8 +105,20 @@ def bench_settings(redis_url: str, sidecar_url: str, lancedb_uri: str) -> Settin
                              sidecar_retry_budget_s=20.0)
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a worker subprocess read `settings`."""
+def memory_env(jemalloc: bool = True) -> dict[str, str]:
+    """`MALLOC_ARENA_MAX` and `LD_PRELOAD` as `workers/memory.sh` (every worker profile) sets
+    them here; `jemalloc=False` is the profiles with `OSIRIS_JEMALLOC=0`."""
+    env = {**os.environ, "OSIRIS_JEMALLOC": "1" if jemalloc else "0"}
+    out = subprocess.run(
+        ["sh", "-c", '. workers/memory.sh; printf "%s\\n%s" "$MALLOC_ARENA_MAX" "${LD_PRELOAD:-}"'],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    arenas, preload = out.split("\n")
+    return {"MALLOC_ARENA_MAX": arenas, **({"LD_PRELOAD": preload} if preload else {})}
+
+
+def worker_env(settings: Settings, *, jemalloc: bool = True) -> dict[str, str]:
+    """The environment that makes a worker subprocess read `settings`, with the worker
+    profiles' allocator settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OSIRIS_", "CELERY_",
                                                                    "OTEL_"))}
     env.update({
@@ -115,7 +127,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
         "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
         "PYTHONUNBUFFERED": "1",
-        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),  # as workers/ profiles
+        **memory_env(jemalloc),
     })
     return env
 
@@ -123,7 +135,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
 class Worker:
     """`celery -A APP worker ARGS` as a subprocess; `with Worker(...)` stops it."""
 
-    def __init__(self, settings: Settings, *args: str, app_module: str = "osiris_tasks"):
+    def __init__(self, settings: Settings, *args: str, app_module: str = "osiris_tasks",
+                 jemalloc: bool = True):
         # Open as long as the worker runs: closed (and removed) by stop().
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix="osiris-bench-worker-", suffix=".log", delete=False, mode="w+")
@@ -132,7 +145,8 @@ class Worker:
             [sys.executable, "-m", "celery", "-A", app_module, "worker", "-l", "WARNING",
              "--without-mingle", "--without-gossip", "--without-heartbeat",
              "-n", self.name, *args],
-            cwd=REPO, env=worker_env(settings), stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=REPO, env=worker_env(settings, jemalloc=jemalloc), stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True)
 
     def wait_ready(self, app, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:

@@ -22,6 +22,8 @@ Memory (target: worker RSS flat over 10k runs). One threads worker serving every
 submitted with `submit_run`, at most `memory_inflight` without their `advice.generated`; the
 worker's RSS (`/proc/<pid>/status`) is sampled after each tenth of the runs, once that tenth's
 events have all arrived; growth = the largest later sample - the sample after the first tenth.
+Twice: with glibc malloc (`MALLOC_ARENA_MAX=2`), the baseline, then with the worker profiles'
+allocator (`workers/memory.sh`: jemalloc when installed).
 
 `python -m benchmarks.latency_bench [--quick]` runs it alone (its report goes to
 `benchmarks/results/latency/`).
@@ -53,7 +55,7 @@ from osiris_tasks.store import RUNS_TABLE, RunStore
 
 from .batches import TICKS_PER_RUN, run_states
 from .bridge_bench import rss_mb
-from .env import Worker, bench_settings, embedded_redis, sidecar_process
+from .env import Worker, bench_settings, embedded_redis, memory_env, sidecar_process
 from .report import RESULTS_DIR, Figure, Report
 
 __all__ = ["FULL", "QUICK", "AdviceListener", "Sizes", "main", "run"]
@@ -414,13 +416,34 @@ def _outcomes(runs: list[dict]) -> dict[str, dict[str, Any]]:
 
 def worker_memory(report: Report, sizes: Sizes, *, redis_url: str, sidecar_url: str,
                   listener: AdviceListener) -> None:
-    """RSS of one threads worker serving every queue after each tenth of `memory_runs`."""
+    """RSS of one threads worker serving every queue after each tenth of `memory_runs`: with
+    glibc malloc (2 arenas), then as the worker profiles run it (jemalloc, when installed)."""
+    glibc = None
+    for jemalloc in (False, True):
+        allocator = memory_env(jemalloc).get("LD_PRELOAD", "glibc, 2 arenas")
+        if jemalloc and allocator.startswith("glibc"):
+            report.note(f"{NAME}: no libjemalloc.so.2 here, worker memory measured with glibc "
+                        "only")
+            return
+        label = "jemalloc" if jemalloc else "glibc"
+        samples, params = _worker_rss(sizes, redis_url, sidecar_url, listener, jemalloc)
+        warm = report.add(NAME, f"worker RSS after the first {params['step']} runs, {SINGLE}, "
+                          f"{label}", samples[0], "MB", idle_mb=params["idle_mb"])
+        growth = report.add(
+            NAME, f"worker RSS growth over {params['runs']} runs (after the first 10%), "
+            f"{SINGLE}, {label}", round(max(samples[1:]) - samples[0], 1), "MB",
+            baseline=glibc or warm, allocator=allocator, rss_mb=samples, **params)
+        glibc = glibc or growth
+
+
+def _worker_rss(sizes: Sizes, redis_url: str, sidecar_url: str, listener: AdviceListener,
+                jemalloc: bool) -> tuple[list[float], dict[str, Any]]:
     step = sizes.memory_runs // MEMORY_STEPS
     samples = []
     with tempfile.TemporaryDirectory(prefix="osiris-bench-memory-") as workdir:
         settings = bench_settings(redis_url, sidecar_url, workdir)
         configure(app, settings)
-        with Worker(settings, *LAYOUTS[SINGLE][0]) as worker:
+        with Worker(settings, *LAYOUTS[SINGLE][0], jemalloc=jemalloc) as worker:
             worker.wait_ready(app)
             idle_mb = rss_mb(worker.proc.pid)
             started = time.perf_counter()
@@ -433,12 +456,9 @@ def worker_memory(report: Report, sizes: Sizes, *, redis_url: str, sidecar_url: 
     runs, half = step * MEMORY_STEPS, MEMORY_STEPS // 2
     # Over the second half only: the first tenths still include warm-up.
     slope = (samples[-1] - samples[half - 1]) / (step * half) * 1000
-    warm = report.add(NAME, f"worker RSS after the first {step} runs, {SINGLE}", samples[0],
-                      "MB", idle_mb=round(idle_mb, 1))
-    report.add(NAME, f"worker RSS growth over {runs} runs (after the first 10%), {SINGLE}",
-               round(max(samples[1:]) - samples[0], 1), "MB", baseline=warm, rss_mb=samples,
-               mb_per_1k_runs=round(slope, 2), runs=runs, runs_per_s=round(runs / spent_s, 1),
-               max_inflight=sizes.memory_inflight, runs_table=table)
+    return samples, {"step": step, "runs": runs, "idle_mb": round(idle_mb, 1),
+                     "mb_per_1k_runs": round(slope, 2), "runs_per_s": round(runs / spent_s, 1),
+                     "max_inflight": sizes.memory_inflight, "runs_table": table}
 
 
 def _table_stats(uri: str, runs: int) -> dict[str, Any]:

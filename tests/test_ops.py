@@ -173,7 +173,7 @@ def test_compose_env_vars_are_ones_the_code_reads():
 
 
 def test_every_worker_profile_is_used_by_procfile_and_compose():
-    profiles = {f"workers/{p.name}" for p in WORKERS.iterdir()}
+    profiles = {f"workers/{p.name}" for p in WORKERS.glob("osiris.*")}
     procfile = (REPO / "Procfile").read_text()
     compose_commands = {s["command"][0] for s in _compose()["services"].values()
                         if s.get("command")}
@@ -250,3 +250,20 @@ def test_sigterm_to_the_bridge_submits_its_partial_buffer(settings, worker_facto
     row = wait_for(lambda: store.get_run(match.group(1)), timeout_s=60)
     assert len(json.loads(row["input_query"])) == 4
 
+
+
+def _memory_env(**env: str) -> list[str]:
+    script = '. workers/memory.sh; printf "%s|%s" "$MALLOC_ARENA_MAX" "${LD_PRELOAD:-}"'
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("MALLOC_ARENA_MAX", "LD_PRELOAD", "OSIRIS_JEMALLOC")}
+    out = subprocess.run(["sh", "-c", script], cwd=REPO, env={**base, **env},
+                         capture_output=True, text=True, check=True).stdout
+    return out.split("|")
+
+
+def test_worker_profiles_share_the_allocator_settings():
+    for profile in WORKERS.glob("osiris.*"):
+        assert '. "$(dirname "$0")/memory.sh"' in profile.read_text(), profile
+    arenas, preload = _memory_env()
+    assert arenas == "2" and (preload == "" or preload.endswith("libjemalloc.so.2"))
+    assert _memory_env(OSIRIS_JEMALLOC="0", MALLOC_ARENA_MAX="4") == ["4", ""]
