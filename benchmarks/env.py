@@ -4,6 +4,7 @@ reference sidecar, Celery workers, settings pointing at a throwaway LanceDB dire
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import subprocess
@@ -105,6 +106,7 @@ def bench_settings(redis_url: str, sidecar_url: str, lancedb_uri: str) -> Settin
                              sidecar_retry_budget_s=20.0)
 
 
+@functools.cache
 def memory_env(jemalloc: bool = True) -> dict[str, str]:
     """`MALLOC_ARENA_MAX` and `LD_PRELOAD` as `workers/memory.sh` (every worker profile) sets
     them here; `jemalloc=False` is the profiles with `OSIRIS_JEMALLOC=0`."""
@@ -127,7 +129,7 @@ def worker_env(settings: Settings, *, jemalloc: bool = True) -> dict[str, str]:
         "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
         "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
         "PYTHONUNBUFFERED": "1",
-        **memory_env(jemalloc),
+        **memory_env(jemalloc),  # cached: one `sh` per allocator, not per worker
     })
     return env
 

@@ -418,22 +418,27 @@ def worker_memory(report: Report, sizes: Sizes, *, redis_url: str, sidecar_url: 
                   listener: AdviceListener) -> None:
     """RSS of one threads worker serving every queue after each tenth of `memory_runs`: with
     glibc malloc (2 arenas), then as the worker profiles run it (jemalloc, when installed)."""
-    glibc = None
-    for jemalloc in (False, True):
-        allocator = memory_env(jemalloc).get("LD_PRELOAD", "glibc, 2 arenas")
-        if jemalloc and allocator.startswith("glibc"):
-            report.note(f"{NAME}: no libjemalloc.so.2 here, worker memory measured with glibc "
-                        "only")
-            return
-        label = "jemalloc" if jemalloc else "glibc"
-        samples, params = _worker_rss(sizes, redis_url, sidecar_url, listener, jemalloc)
-        warm = report.add(NAME, f"worker RSS after the first {params['step']} runs, {SINGLE}, "
-                          f"{label}", samples[0], "MB", idle_mb=params["idle_mb"])
-        growth = report.add(
-            NAME, f"worker RSS growth over {params['runs']} runs (after the first 10%), "
-            f"{SINGLE}, {label}", round(max(samples[1:]) - samples[0], 1), "MB",
-            baseline=glibc or warm, allocator=allocator, rss_mb=samples, **params)
-        glibc = glibc or growth
+    glibc = _memory_figures(report, sizes, redis_url, sidecar_url, listener, jemalloc=False)
+    if "LD_PRELOAD" not in memory_env(jemalloc=True):
+        report.note(f"{NAME}: no libjemalloc.so.2 here, worker memory measured with glibc only")
+        return
+    _memory_figures(report, sizes, redis_url, sidecar_url, listener, jemalloc=True,
+                    baseline=glibc)
+
+
+def _memory_figures(report: Report, sizes: Sizes, redis_url: str, sidecar_url: str,
+                    listener: AdviceListener, *, jemalloc: bool,
+                    baseline: Figure | None = None) -> Figure:
+    """The RSS after the first tenth and the growth after it, for one allocator."""
+    label = "jemalloc" if jemalloc else "glibc"
+    samples, params = _worker_rss(sizes, redis_url, sidecar_url, listener, jemalloc)
+    warm = report.add(NAME, f"worker RSS after the first {params['step']} runs, {SINGLE}, "
+                      f"{label}", samples[0], "MB", idle_mb=params["idle_mb"])
+    return report.add(
+        NAME, f"worker RSS growth over {params['runs']} runs (after the first 10%), {SINGLE}, "
+        f"{label}", round(max(samples[1:]) - samples[0], 1), "MB", baseline=baseline or warm,
+        allocator=memory_env(jemalloc).get("LD_PRELOAD", "glibc, 2 arenas"), rss_mb=samples,
+        **params)
 
 
 def _worker_rss(sizes: Sizes, redis_url: str, sidecar_url: str, listener: AdviceListener,

@@ -23,7 +23,7 @@ from redis._parsers import hiredis as _hiredis_parser
 __all__ = ["backlog"]
 
 # hiredis-py's answer when the buffer holds no complete reply (redis-py passes it as
-# `notEnoughData`); False in redis-py versions without it, which the generic path covers.
+# `notEnoughData`); None in redis-py versions that lack it, which then take the generic path.
 _NOT_ENOUGH_DATA = getattr(_hiredis_parser, "NOT_ENOUGH_DATA", None)
 
 

@@ -251,7 +251,6 @@ def test_sigterm_to_the_bridge_submits_its_partial_buffer(settings, worker_facto
     assert len(json.loads(row["input_query"])) == 4
 
 
-
 def _memory_env(**env: str) -> list[str]:
     script = '. workers/memory.sh; printf "%s|%s" "$MALLOC_ARENA_MAX" "${LD_PRELOAD:-}"'
     base = {k: v for k, v in os.environ.items()
