@@ -4,8 +4,10 @@ N concurrent slots. Sidecar calls/s through Celery (`osiris.score_proposal` task
 same calls with the same `SidecarClient`.
 
 The Celery figure is the workers' drain rate: consumers paused (`cancel_consumer`), every call
-queued, consumers resumed (`add_consumer`), clock stopped at the last result — so the bench
-process's own publishing is not in it. Worker set-ups per N: one `--pool threads` worker, and
+queued, consumers resumed (`add_consumer`), clock stopped when the last one is done — so the
+bench process's own publishing is not in it. The calls are submitted as the pipeline's chord
+parts are: their results are not stored (Redis's chord hands them to the join in its own list).
+Worker set-ups per N: one `--pool threads` worker, and
 two threads workers of N/2 (N >= 32): one process per core.
 Each figure carries the workers' CPU per call, from which one more worker machine is modelled.
 """
@@ -31,6 +33,8 @@ LATENCY_MS = 100
 CALLS_PER_SLOT = 10
 MIN_CALLS = 40
 POLL_S = 0.005
+# kombu's hash of delivered, unacknowledged messages (its default `unacked_key`).
+UNACKED_KEY = "unacked"
 CORES = 2
 PROPOSAL = {"ticker": "AAPL", "action": "adjust", "side": "LONG", "quantity": 5,
             "price_estimate": 190.0, "new_stop_pct": 1.0, "new_target_pct": 2.0,
@@ -65,34 +69,46 @@ def _threads(settings, slots: int, calls: int) -> float:
     return spent
 
 
-def _submit(index: int):
+def _submit(index: int, *, stored: bool = False):
+    """One score call as the pipeline makes it: a chord part, its result not stored (Redis's
+    chord carries it to the join); `stored` for the warm-up calls, whose results are checked."""
     run_id = f"bench_{index}"
     state = {"run_id": run_id, "proposal": PROPOSAL, "market_text": CONTEXT}
     return app.signature("osiris.score_proposal", args=(state,),
                          kwargs={"run_id": run_id, "member": True}).apply_async(
-                             ignore_result=False)
+                             ignore_result=not stored)
 
 
-def _celery(client: redis.Redis, workers: int, calls: int, timeout_s: float) -> float:
-    """Seconds from resuming the paused consumers until `calls` queued tasks are done."""
-    for result in [_submit(-i - 1) for i in range(workers * 2)]:  # warm-up
-        result.get(timeout=timeout_s)
-    app.control.cancel_consumer(SIDECAR_QUEUE, reply=True, limit=workers, timeout=5)
-    results = [_submit(i) for i in range(calls)]
-    keys = [f"celery-task-meta-{result.id}" for result in results]
-    started = time.perf_counter()
-    app.control.add_consumer(SIDECAR_QUEUE, reply=True, limit=workers, timeout=5)
-    deadline = time.monotonic() + timeout_s
-    while client.exists(*keys) < calls:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"sidecar calls not done after {timeout_s} s")
-        time.sleep(POLL_S)
-    spent = time.perf_counter() - started
-    for result in results:
+def _completed(workers: list[str]) -> int:
+    """Score tasks the `workers` have finished (their `total` counters)."""
+    stats = app.control.inspect(destination=workers, timeout=5).stats() or {}
+    return sum(s.get("total", {}).get("osiris.score_proposal", 0) for s in stats.values())
+
+
+def _celery(client: redis.Redis, workers: list[str], calls: int, timeout_s: float) -> float:
+    """Seconds from resuming the paused consumers until `calls` queued tasks are done: the
+    queue empty and nothing unacknowledged (tasks ack when done), confirmed by the workers'
+    counters (a message between its BRPOP and its unacked entry is in neither)."""
+    warm_up = [_submit(-i - 1, stored=True) for i in range(len(workers) * 2)]
+    for result in warm_up:
         update = result.get(timeout=timeout_s)["update"]
         if "score" not in update:
             raise RuntimeError(f"score_proposal failed: {update}")
-    return spent
+    expected = _completed(workers) + calls
+    app.control.cancel_consumer(SIDECAR_QUEUE, reply=True, destination=workers, timeout=5)
+    for index in range(calls):
+        _submit(index)
+    started = time.perf_counter()
+    app.control.add_consumer(SIDECAR_QUEUE, reply=True, destination=workers, timeout=5)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sidecar calls not done after {timeout_s} s")
+        if client.llen(SIDECAR_QUEUE) == 0 and client.hlen(UNACKED_KEY) == 0:
+            spent = time.perf_counter() - started
+            if _completed(workers) >= expected:
+                return spent
+        time.sleep(POLL_S)
 
 
 def run(report: Report, *, slot_counts: tuple[int, ...], redis_url: str,
@@ -122,7 +138,7 @@ def _layout(report: Report, client, settings, label: str, worker_args, calls: in
         for worker in workers:
             worker.wait_ready(app)
         before = sum(cpu_s(worker.proc.pid) for worker in workers)
-        spent = _celery(client, len(workers), calls, timeout_s)
+        spent = _celery(client, [worker.name for worker in workers], calls, timeout_s)
         cpu_ms = (sum(cpu_s(worker.proc.pid) for worker in workers) - before) / calls * 1000
     rate = calls / spent
     report.add(NAME, f"Celery score_proposal, {label}", rate, "calls/s", baseline=threads,

@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from celery import Celery, chain, chord, group
+from celery.backends.redis import RedisBackend
 from celery.canvas import Signature
 
 from . import telemetry
@@ -49,11 +50,20 @@ def node_signature(
     if member:
         kwargs["member"] = True
     options = {"argsrepr": STATE_ARGSREPR, "kwargsrepr": repr({"run_id": run_id})}
-    if member:
-        options["ignore_result"] = False  # the chord's join reads the parts' results
+    if member and parts_need_results(app):
+        options["ignore_result"] = False  # the chord's join reads the parts' stored results
     args = (dict(state),) if state is not None else ()
     return app.signature(task_name(node), args=args, kwargs=kwargs,
                          immutable=state is not None, **options)
+
+
+def parts_need_results(app: Celery) -> bool:
+    """Whether a chord's parts must store their results for its join: with every result
+    backend but Redis. Redis's chord keeps each part's result in the chord's own list as the
+    part finishes (`on_chord_part_return`, called whether or not the result is stored) and the
+    join reads that list, so a stored copy would be written (one GET and one SET per part) and
+    never read."""
+    return not isinstance(app.backend, RedisBackend)
 
 
 def _path(app: Celery, nodes: Sequence[str], run_id: str, first: Signature) -> Signature:

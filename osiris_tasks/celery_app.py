@@ -16,6 +16,7 @@ from celery import Celery
 from celery.signals import setup_logging
 from kombu import Queue
 
+from . import broker, results
 from .logs import setup_logging as configure_logging
 from .serialization import SERIALIZER, register_serializer
 from .settings import Settings
@@ -63,7 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": settings.broker_url,
-        "result_backend": settings.result_backend,
+        "broker_transport": broker.transport_for(settings.broker_url),
+        "result_backend": results.backend_url(settings.result_backend),
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
         "broker_connection_retry_on_startup": True,

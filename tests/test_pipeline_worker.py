@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+import redis
 from conftest import wait_for
 from pipeline_helpers import ACCEPTED_BATCH, REJECTED_BATCH, EventListener
 
@@ -51,6 +52,9 @@ def test_accepted_run_on_a_real_worker(pipeline):
     assessed = listener.of(state["run_id"], "phi3.proposal.assessed")[0]
     assert assessed["proposal_transaction_id"] == row["transaction_id"]
     assert assessed["assessment_text"] == row["assessment"]
+    assert row["score"] is not None  # both chord parts reached the join...
+    # ...through the chord's own list: no task stored a result nothing reads.
+    assert not redis.Redis.from_url(settings.result_backend).keys("celery-task-meta-*")
 
 
 def test_rejected_run_on_a_real_worker(pipeline):
@@ -73,6 +77,8 @@ def test_many_runs_each_recorded_once(pipeline):
         finished(store, state["run_id"], timeout_s=120)
     assert store.count("orchestrator_runs") == 12
     assert store.count("advice") == 12
+    # The 6 accepted runs' chords left no result subscription behind in the worker.
+    assert redis.Redis.from_url(settings.result_backend).pubsub_channels("celery-task-meta-*") == []
 
 
 @pytest.mark.parametrize("batch", [ACCEPTED_BATCH, REJECTED_BATCH], ids=["accepted", "rejected"])

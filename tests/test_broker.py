@@ -1,0 +1,71 @@
+"""The broker transport: kombu's Redis transport reusing one redis-py client per pool."""
+
+from __future__ import annotations
+
+import kombu
+import pytest
+import redis
+from kombu.transport import redis as kombu_redis
+
+from osiris_tasks import broker
+from osiris_tasks.celery_app import app, celery_config, configure
+from osiris_tasks.settings import Settings
+
+
+@pytest.fixture
+def connection(redis_url: str):
+    with kombu.Connection(redis_url, transport=broker.TRANSPORT) as conn:
+        yield conn
+
+
+def test_publishes_and_acks_share_one_client_per_pool(connection):
+    channel = connection.default_channel
+    assert isinstance(channel, broker.Channel)
+    with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+        assert first is second
+        assert first.connection_pool is channel.pool
+    assert channel.client is not first  # BRPOP's asynchronous client is kombu's own
+
+
+def test_a_replaced_pool_gets_a_new_client(connection):
+    channel = connection.default_channel
+    with channel.conn_or_acquire() as before:
+        before.ping()
+    channel._disconnect_pools()  # what kombu does after a connection error
+    with channel.conn_or_acquire() as after:
+        assert after is not before
+        assert after.connection_pool is channel.pool
+        assert after.ping()
+
+
+def test_messages_round_trip_between_our_transport_and_kombus(redis_url: str, connection):
+    with kombu.Connection(redis_url) as stock:
+        assert type(stock.default_channel) is kombu_redis.Channel
+        for sender, receiver in ((connection, stock), (stock, connection)):
+            with sender.SimpleQueue("osiris.test.broker") as queue:
+                for n in range(3):
+                    queue.put({"n": n})
+            with receiver.SimpleQueue("osiris.test.broker") as queue:
+                got = [queue.get(timeout=2) for _ in range(3)]
+                for message in got:
+                    message.ack()
+                assert [m.payload["n"] for m in got] == [0, 1, 2]
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen("osiris.test.broker") == 0
+    assert client.hlen("unacked") == 0  # every ack went through
+
+
+@pytest.mark.parametrize(("url", "transport"), [
+    ("redis://127.0.0.1:6379/0", broker.TRANSPORT),
+    ("rediss://127.0.0.1:6380/0", broker.TRANSPORT),
+    ("amqp://guest@127.0.0.1//", None),
+    ("memory://", None),
+])
+def test_the_transport_is_ours_for_redis_urls_only(url: str, transport: str | None):
+    assert celery_config(Settings.from_env({}, broker_url=url))["broker_transport"] == transport
+
+
+def test_the_configured_app_publishes_through_it(settings):
+    configure(app, settings)
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.default_channel, broker.Channel)
