@@ -8,11 +8,16 @@ version's manifest lists every fragment, so n appends leave O(n^2) bytes of mani
 `cleanup_older_than_s` with the files only they used, and brings the scalar indices up to date
 with the rows appended since the last run (rows not indexed yet are still found, by a scan).
 
-Safe while other processes append: a compaction commits as a rewrite of the fragments it read,
-which lance rebases over concurrent appends; the appends' rows are never part of it. Cleanup
-keeps the latest version and every version newer than the cut-off, and never deletes files no
-version refers to (an append in flight) until they are a week old. A reader still on a version
-older than the cut-off fails and reopens (`RunStore` retries it).
+Safe while other processes append, as long as the cleanup cut-off is longer than any commit
+takes: a compaction commits as a rewrite of the fragments it read, which lance rebases over
+concurrent appends; the appends' rows are never part of it. Cleanup keeps the latest version
+and every version newer than the cut-off, and never deletes files no version refers to (an
+append in flight) until they are a week old. But it does delete older manifests, and a writer
+that chose its version number before they went commits into the freed number, below the
+latest version, where no reader looks (lance-format/lance#3718; seen here with a cut-off of 0 s
+and three processes on a loaded machine: 3 of 22 runs lost one batch, `add()` returning
+normally). So `Settings` refuses a cut-off under 60 s; 0 is for a store with one writer only.
+A reader still on a version older than the cut-off fails and reopens (`RunStore` retries it).
 
 `RunStore.maintain()` runs this under a lock, so one process does it at a time.
 """

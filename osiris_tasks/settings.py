@@ -34,6 +34,9 @@ DEFAULT_BREAKER_RESET_S = 15.0
 # LanceDB maintenance: compact every N commits to a table; delete versions older than this.
 DEFAULT_STORE_MAINTAIN_EVERY_COMMITS = 100
 DEFAULT_STORE_CLEANUP_OLDER_THAN_S = 120.0
+# Below this, cleanup can free the version number a concurrent writer is about to commit
+# (lance-format/lance#3718): its rows land in an orphaned version no reader sees.
+MIN_STORE_CLEANUP_OLDER_THAN_S = 60.0
 # How long the TTS task waits for `tts.acknowledged.<tx>` before giving up.
 DEFAULT_TTS_ACK_TIMEOUT_S = 30.0
 
@@ -114,6 +117,12 @@ class Settings:
         """Return self, or raise `ConfigError` naming the first unusable value."""
         if not 0 < self.max_position_size_pct < 1 or not 0 < self.max_daily_loss_pct < 1:
             raise ConfigError("risk limits must be fractions between 0 and 1")
+        if self.store_cleanup_older_than_s < MIN_STORE_CLEANUP_OLDER_THAN_S:
+            raise ConfigError(
+                f"OSIRIS_STORE_CLEANUP_OLDER_THAN_S must be at least "
+                f"{MIN_STORE_CLEANUP_OLDER_THAN_S:g} s: a shorter window can drop a concurrent "
+                "writer's commit (lance-format/lance#3718)"
+            )
         if self.sidecar_retry_budget_s >= self.visibility_timeout_s:
             raise ConfigError(
                 "OSIRIS_VISIBILITY_TIMEOUT_S must exceed the sidecar retry budget "
