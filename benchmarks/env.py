@@ -108,14 +108,17 @@ def bench_settings(redis_url: str, sidecar_url: str, lancedb_uri: str) -> Settin
 
 @functools.cache
 def memory_env(jemalloc: bool = True) -> dict[str, str]:
-    """`MALLOC_ARENA_MAX` and `LD_PRELOAD` as `workers/memory.sh` (every worker profile) sets
-    them here; `jemalloc=False` is the profiles with `OSIRIS_JEMALLOC=0`."""
+    """`MALLOC_ARENA_MAX`, `ARROW_DEFAULT_MEMORY_POOL` and `LD_PRELOAD` as `workers/memory.sh`
+    (every worker profile) sets them here; `jemalloc=False` is the profiles with
+    `OSIRIS_JEMALLOC=0`."""
     env = {**os.environ, "OSIRIS_JEMALLOC": "1" if jemalloc else "0"}
-    out = subprocess.run(
-        ["sh", "-c", '. workers/memory.sh; printf "%s\\n%s" "$MALLOC_ARENA_MAX" "${LD_PRELOAD:-}"'],
-        cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
-    arenas, preload = out.split("\n")
-    return {"MALLOC_ARENA_MAX": arenas, **({"LD_PRELOAD": preload} if preload else {})}
+    script = ('. workers/memory.sh; printf "%s\\n%s\\n%s" "$MALLOC_ARENA_MAX" '
+              '"$ARROW_DEFAULT_MEMORY_POOL" "${LD_PRELOAD:-}"')
+    out = subprocess.run(["sh", "-c", script], cwd=REPO, env=env, capture_output=True,
+                         text=True, check=True).stdout
+    arenas, arrow_pool, preload = out.split("\n")
+    return {"MALLOC_ARENA_MAX": arenas, "ARROW_DEFAULT_MEMORY_POOL": arrow_pool,
+            **({"LD_PRELOAD": preload} if preload else {})}
 
 
 def worker_env(settings: Settings, *, jemalloc: bool = True) -> dict[str, str]:

@@ -252,9 +252,10 @@ def test_sigterm_to_the_bridge_submits_its_partial_buffer(settings, worker_facto
 
 
 def _memory_env(**env: str) -> list[str]:
-    script = '. workers/memory.sh; printf "%s|%s" "$MALLOC_ARENA_MAX" "${LD_PRELOAD:-}"'
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("MALLOC_ARENA_MAX", "LD_PRELOAD", "OSIRIS_JEMALLOC")}
+    script = ('. workers/memory.sh; printf "%s|%s|%s" '
+              '"$MALLOC_ARENA_MAX" "${LD_PRELOAD:-}" "$ARROW_DEFAULT_MEMORY_POOL"')
+    base = {k: v for k, v in os.environ.items() if k not in (
+        "MALLOC_ARENA_MAX", "LD_PRELOAD", "OSIRIS_JEMALLOC", "ARROW_DEFAULT_MEMORY_POOL")}
     out = subprocess.run(["sh", "-c", script], cwd=REPO, env={**base, **env},
                          capture_output=True, text=True, check=True).stdout
     return out.split("|")
@@ -263,6 +264,8 @@ def _memory_env(**env: str) -> list[str]:
 def test_worker_profiles_share_the_allocator_settings():
     for profile in WORKERS.glob("osiris.*"):
         assert '. "$(dirname "$0")/memory.sh"' in profile.read_text(), profile
-    arenas, preload = _memory_env()
+    arenas, preload, arrow_pool = _memory_env()
     assert arenas == "2" and (preload == "" or preload.endswith("libjemalloc.so.2"))
-    assert _memory_env(OSIRIS_JEMALLOC="0", MALLOC_ARENA_MAX="4") == ["4", ""]
+    assert arrow_pool == "system"
+    assert _memory_env(OSIRIS_JEMALLOC="0", MALLOC_ARENA_MAX="4",
+                       ARROW_DEFAULT_MEMORY_POOL="jemalloc") == ["4", "", "jemalloc"]

@@ -473,6 +473,21 @@ def test_maintenance_runs_by_itself_every_n_commits(uri):
     store.close()
 
 
+@NO_OLD_VERSIONS
+def test_both_tables_are_maintained_when_their_turns_coincide(uri):
+    # A run writes an advice row and a run row, so both tables reach their Nth commit together:
+    # the runs table's maintenance must not be dropped because the advice table's still runs.
+    store = RunStore(uri, maintain_every_commits=5, cleanup_older_than_s=0)
+    for i in range(5):
+        store.record_advice(_advice(f"adv-{i}", run_id=f"run-{i}"))
+        store.record_run(_run(f"run-{i}"))
+    store.close()  # waits for every maintenance run it started
+
+    assert store.stats(ADVICE_TABLE)["fragments"] == 1
+    assert store.stats(RUNS_TABLE)["fragments"] == 1
+    store.close()
+
+
 @pytest.mark.integration
 def test_maintenance_held_elsewhere_is_skipped(redis_store, redis_client):
     held = redis_client.lock(f"osiris:lock:maintain:{RUNS_TABLE}", timeout=30)
