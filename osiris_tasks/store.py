@@ -60,9 +60,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 import lancedb
 import pyarrow as pa
 from lancedb.query import ColumnOrdering
-from redis.exceptions import LockNotOwnedError, RedisError
+from redis.exceptions import LockError, LockNotOwnedError, RedisError
 
-from .claims import LOCK_PREFIX, Claim, RedisClaims, ids_text, one_run_id
+from .claims import (
+    LOCK_PREFIX,
+    Claim,
+    RedisClaims,
+    ids_text,
+    one_run_id,
+    store_namespace,
+)
 from .errors import StoreError
 from .ids import utc_iso
 from .maintenance import ensure_indices, optimize_table, table_stats
@@ -115,8 +122,11 @@ CLAIM_POLL_MAX_S = 0.2
 DEFAULT_MAINTAIN_EVERY_COMMITS = 100
 # Maintenance deletes versions older than this; a reader still on one fails and retries.
 DEFAULT_CLEANUP_OLDER_THAN_S = 120.0
-# Longest one maintenance run may hold its lock (a compaction of a big backlog is slow).
-MAINTAIN_LOCK_TIMEOUT_S = 900.0
+# A maintenance lock lives this long unless renewed (every third of it while maintenance
+# runs): a process killed mid-maintenance blocks its table's maintenance this long, not for
+# as long as the slowest compaction may take (it was 900 s: 4500 fragments piled up behind the
+# lock of a worker stopped mid-run).
+MAINTAIN_LOCK_TTL_S = 30.0
 # recent_runs looks for the newest rows this far back first, then in the whole table.
 RECENT_WINDOWS_S = (60.0, 3600.0)
 # What lance raises for commit conflicts, creation races and I/O trouble: worth a retry.
@@ -631,17 +641,22 @@ class RunStore:
             if self._redis is None:
                 yield True
                 return
-            lock = self._redis.lock(f"{LOCK_PREFIX}:maintain:{table}",
-                                    timeout=MAINTAIN_LOCK_TIMEOUT_S, blocking=False)
+            # Not thread-local: a renewer thread extends it (`_renewed`).
+            lock = self._redis.lock(maintenance_lock_name(self.uri, table),
+                                    timeout=MAINTAIN_LOCK_TTL_S, blocking=False,
+                                    thread_local=False)
             try:
                 held = lock.acquire()
             except RedisError as exc:
                 raise StoreError(f"cannot take lock {lock.name}: {exc}") from exc
+            if not held:
+                yield False
+                return
             try:
-                yield held
+                with _renewed(lock):
+                    yield True
             finally:
-                if held:
-                    _release(lock, None)
+                _release(lock, None)
         finally:
             local.release()
 
@@ -670,6 +685,32 @@ class RunStore:
             raise StoreError(
                 f"lock {lock.name} still held after {self._lock_timeout_s}s", run_id=run_id
             )
+
+
+def maintenance_lock_name(uri: str, table: str) -> str:
+    """The Redis lock one process holds while it maintains `table` of the store at `uri`."""
+    return f"{LOCK_PREFIX}:maintain:{store_namespace(uri)}:{table}"
+
+
+@contextlib.contextmanager
+def _renewed(lock: Any) -> Iterator[None]:
+    """Keep `lock` alive (back to its full timeout every third of it) until the block ends."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lock.timeout / 3):
+            try:
+                lock.reacquire()
+            except (RedisError, LockError) as exc:
+                log.warning("could not renew lock %s: %s", lock.name, exc)
+
+    renewer = threading.Thread(target=renew, name="osiris-lock-renewer", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
 
 
 def _release(lock: Any, run_id: str | None) -> None:

@@ -18,9 +18,11 @@ from osiris_tasks.settings import MIN_STORE_CLEANUP_OLDER_THAN_S, Settings
 from osiris_tasks.store import (
     ADVICE_SCHEMA,
     ADVICE_TABLE,
+    MAINTAIN_LOCK_TTL_S,
     RUNS_SCHEMA,
     RUNS_TABLE,
     RunStore,
+    maintenance_lock_name,
 )
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -489,13 +491,32 @@ def test_both_tables_are_maintained_when_their_turns_coincide(uri):
 
 
 @pytest.mark.integration
-def test_maintenance_held_elsewhere_is_skipped(redis_store, redis_client):
-    held = redis_client.lock(f"osiris:lock:maintain:{RUNS_TABLE}", timeout=30)
-    assert held.acquire(blocking=False)
-    try:
+def test_maintenance_held_elsewhere_is_skipped(redis_store, redis_client, uri, tmp_path):
+    held = redis_client.lock(maintenance_lock_name(uri, RUNS_TABLE), timeout=30)
+    other_store = redis_client.lock(maintenance_lock_name(str(tmp_path / "other"), ADVICE_TABLE),
+                                    timeout=30)
+    assert held.acquire(blocking=False) and other_store.acquire(blocking=False)
+    try:  # another store's lock (same Redis, same table name) is not this store's
         assert [entry["table"] for entry in redis_store.maintain()] == [ADVICE_TABLE]
     finally:
         held.release()
+        other_store.release()
+
+
+@pytest.mark.integration
+def test_a_maintenance_lock_expires_soon_unless_renewed(redis_store, redis_client, uri):
+    # A process killed mid-maintenance leaves its lock behind: it must lapse in seconds, so
+    # its table is not left uncompacted for long; a live maintenance renews it meanwhile.
+    name = maintenance_lock_name(uri, RUNS_TABLE)
+    ttls = []
+    with redis_store._maintenance_lock(RUNS_TABLE) as held:
+        assert held
+        ttls.append(redis_client.pttl(name))
+        time.sleep(MAINTAIN_LOCK_TTL_S / 3 + 1)
+        ttls.append(redis_client.pttl(name))
+    assert 0 < ttls[0] <= MAINTAIN_LOCK_TTL_S * 1000
+    assert ttls[1] > (MAINTAIN_LOCK_TTL_S - 2) * 1000  # renewed: unrenewed, it would be ~2/3
+    assert not redis_client.exists(name)  # released
 
 
 @pytest.mark.integration
