@@ -31,7 +31,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from redis.exceptions import RedisError
@@ -41,7 +41,7 @@ from .errors import StoreError
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["Claim", "RedisClaims", "ids_text", "one_run_id"]
+__all__ = ["Claim", "RedisClaims", "ids_text", "one_run_id", "renewing"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,24 @@ def store_namespace(uri: str) -> str:
     return hashlib.sha1(canonical.encode()).hexdigest()[:16]
 
 
+
+@contextlib.contextmanager
+def renewing(interval_s: float, renew: Callable[[], None], name: str) -> Iterator[None]:
+    """Call `renew()` every `interval_s` on a thread named `name` until the block ends."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(interval_s):
+            renew()
+
+    renewer = threading.Thread(target=loop, name=name, daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
+
 class RedisClaims:
     """Claims and seen marks for the tables of one LanceDB URI."""
 
@@ -157,29 +175,20 @@ class RedisClaims:
             log.warning("%s: cannot record when seen marks start: %s", table, exc)
         return False
 
-    @contextlib.contextmanager
-    def _renewing(self, names: list[str], token: str, run_ids: list[str]) -> Iterator[None]:
+    def _renewing(self, names: list[str], token: str,
+                  run_ids: list[str]) -> contextlib.AbstractContextManager:
         """Renew the claims `names` every third of their TTL until the block ends."""
         if not names:
-            yield
-            return
-        done = threading.Event()
+            return contextlib.nullcontext()
 
         def renew() -> None:
-            while not done.wait(self._claim_ttl_ms / 3000):
-                try:
-                    self._redis.eval(_RENEW_LUA, len(names), *names, token, self._claim_ttl_ms)
-                except RedisError as exc:
-                    log.warning("could not renew %s claim(s) %s: %s", len(names),
-                                ids_text(run_ids), exc)
+            try:
+                self._redis.eval(_RENEW_LUA, len(names), *names, token, self._claim_ttl_ms)
+            except RedisError as exc:
+                log.warning("could not renew %s claim(s) %s: %s", len(names),
+                            ids_text(run_ids), exc)
 
-        renewer = threading.Thread(target=renew, name="osiris-claim-renewer", daemon=True)
-        renewer.start()
-        try:
-            yield
-        finally:
-            done.set()
-            renewer.join()
+        return renewing(self._claim_ttl_ms / 3000, renew, "osiris-claim-renewer")
 
     def _release(self, names: list[str], token: str, run_ids: list[str]) -> None:
         """Release claims; by now the write is done, so a failure is logged, not raised."""

@@ -68,6 +68,7 @@ from .claims import (
     RedisClaims,
     ids_text,
     one_run_id,
+    renewing,
     store_namespace,
 )
 from .errors import StoreError
@@ -692,25 +693,15 @@ def maintenance_lock_name(uri: str, table: str) -> str:
     return f"{LOCK_PREFIX}:maintain:{store_namespace(uri)}:{table}"
 
 
-@contextlib.contextmanager
-def _renewed(lock: Any) -> Iterator[None]:
+def _renewed(lock: Any) -> contextlib.AbstractContextManager:
     """Keep `lock` alive (back to its full timeout every third of it) until the block ends."""
-    done = threading.Event()
-
     def renew() -> None:
-        while not done.wait(lock.timeout / 3):
-            try:
-                lock.reacquire()
-            except (RedisError, LockError) as exc:
-                log.warning("could not renew lock %s: %s", lock.name, exc)
+        try:
+            lock.reacquire()
+        except (RedisError, LockError) as exc:
+            log.warning("could not renew lock %s: %s", lock.name, exc)
 
-    renewer = threading.Thread(target=renew, name="osiris-lock-renewer", daemon=True)
-    renewer.start()
-    try:
-        yield
-    finally:
-        done.set()
-        renewer.join()
+    return renewing(lock.timeout / 3, renew, "osiris-lock-renewer")
 
 
 def _release(lock: Any, run_id: str | None) -> None:
