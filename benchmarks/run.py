@@ -14,17 +14,25 @@ import warnings
 
 import redis
 
-from . import bridge_bench, celery_bench, latency_bench, runner_bench, sidecar_bench, store_bench
+from . import (
+    bridge_bench,
+    broker_bench,
+    celery_bench,
+    latency_bench,
+    runner_bench,
+    sidecar_bench,
+    store_bench,
+)
 from .env import embedded_redis, sidecar_process
 from .report import Report
 
-BENCHMARKS = ("store", "runner", "celery", "sidecar", "bridge", "latency")
+BENCHMARKS = ("store", "runner", "celery", "sidecar", "bridge", "latency", "broker")
 # Sizes per mode: quick finishes in about two minutes on two cores.
 SIZES = {
     True: {"store": store_bench.QUICK, "runs": 30, "burst": 40, "slots": (1, 8, 32),
-           "bridge": bridge_bench.QUICK, "latency": latency_bench.QUICK},
+           "bridge": bridge_bench.QUICK, "latency": latency_bench.QUICK, "messages": 300},
     False: {"store": store_bench.FULL, "runs": 200, "burst": 300, "slots": (1, 8, 32, 64),
-            "bridge": bridge_bench.FULL, "latency": latency_bench.FULL},
+            "bridge": bridge_bench.FULL, "latency": latency_bench.FULL, "messages": 1000},
 }
 
 
@@ -52,6 +60,8 @@ def run_suite(report: Report, only: tuple[str, ...]) -> None:
             elif name == "latency":
                 latency_bench.run(report, sizes=sizes["latency"], redis_url=redis_url,
                                   sidecar_url=sidecar_url)
+            elif name == "broker":
+                broker_bench.run(report, messages=sizes["messages"], redis_url=redis_url)
             report.note(f"{name}: {time.perf_counter() - started:.0f} s")
         client.close()
 

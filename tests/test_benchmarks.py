@@ -58,3 +58,15 @@ def test_bridge_benchmark_at_tiny_sizes_loses_nothing(redis_url):
     assert figures["bare redis-py subscriber (get_message loop)"].value > 0
     bridge = next(f for f in report.figures if "drain rate" in f.name and f.baseline)
     assert bridge.ratio > 0  # its counters showed no loss, or run() raised
+
+
+def test_broker_benchmark_compares_the_two_ack_emulations_and_leaves_nothing(redis_url):
+    from benchmarks import broker_bench
+
+    report = Report(quick=True)
+
+    broker_bench.run(report, messages=20, redis_url=redis_url)  # raises if anything is left
+
+    stock, ours = report.figures
+    assert "kombu's QoS" in stock.name and ours.baseline == stock.name
+    assert stock.value > 0 and ours.ratio > 0

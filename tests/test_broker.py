@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import kombu
 import pytest
 import redis
@@ -69,3 +72,65 @@ def test_the_configured_app_publishes_through_it(settings):
     configure(app, settings)
     with app.connection_for_write() as conn:
         assert isinstance(conn.default_channel, broker.Channel)
+
+
+def _deliver(conn: kombu.Connection, queue: str, payloads: list[dict]) -> list:
+    with conn.SimpleQueue(queue) as simple:
+        for payload in payloads:
+            simple.put(payload)
+    simple = conn.SimpleQueue(queue)
+    return [simple.get(timeout=2) for _ in payloads]
+
+
+@pytest.mark.parametrize("prefix", ["", "osiris-test:"])
+def test_unacked_messages_are_kept_as_kombus_ack_emulation_keeps_them(redis_url: str, prefix):
+    """Our QoS writes the unacked hash and index kombu's writes, with the same values, under
+    kombu's global key prefix too, and an ack removes both entries."""
+    client = redis.Redis.from_url(redis_url)
+    options = {"global_keyprefix": prefix} if prefix else {}
+    written = {}
+    for transport in (None, broker.TRANSPORT):
+        client.flushdb()
+        with kombu.Connection(redis_url, transport=transport,
+                              transport_options=options) as conn:
+            assert isinstance(conn.default_channel.qos, broker.QoS) == bool(transport)
+            message, = _deliver(conn, "osiris.test.qos", [{"n": 1}])
+            tag = message.delivery_tag
+            stored = client.hget(f"{prefix}unacked", tag)
+            assert stored is not None
+            assert abs(client.zscore(f"{prefix}unacked_index", tag) - time.time()) < 5
+            raw, exchange, routing_key = json.loads(stored)
+            written[transport] = (raw["body"], raw["properties"]["delivery_info"], exchange,
+                                  routing_key)
+            message.ack()
+            assert client.hlen(f"{prefix}unacked") == 0
+            assert client.zcard(f"{prefix}unacked_index") == 0
+    assert written[None] == written[broker.TRANSPORT]
+
+
+def test_kombu_restores_what_our_qos_kept(redis_url: str):
+    """A message delivered by our transport and never acked goes back to its queue when the
+    channel is restored (what a worker does at shutdown, and after the visibility timeout),
+    and is delivered again, to kombu's stock transport too."""
+    client = redis.Redis.from_url(redis_url)
+    with kombu.Connection(redis_url, transport=broker.TRANSPORT) as conn:
+        message, = _deliver(conn, "osiris.test.qos", [{"n": 7}])
+        assert client.hlen("unacked") == 1
+        conn.default_channel.qos.restore_unacked()
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    assert client.llen("osiris.test.qos") == 1
+    with kombu.Connection(redis_url) as stock, stock.SimpleQueue("osiris.test.qos") as queue:
+        again = queue.get(timeout=2)
+        assert again.payload == {"n": 7}
+        again.ack()
+
+
+def test_the_scripts_are_loaded_again_after_a_script_flush(redis_url: str, connection):
+    client = redis.Redis.from_url(redis_url)
+    first, = _deliver(connection, "osiris.test.qos", [{"n": 1}])
+    first.ack()
+    client.script_flush()  # what a Redis restart does to the script cache
+    second, = _deliver(connection, "osiris.test.qos", [{"n": 2}])
+    assert client.hlen("unacked") == 1
+    second.ack()
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
