@@ -388,7 +388,7 @@ class RunStore:
                 if claim.held:
                     rows = data.take([first[key] for key in claim.held])
                     fresh = frozenset() if recheck else claim.fresh
-                    append = partial(self._append_absent, table, rows, fresh)
+                    append = partial(self._append_absent, table, rows, fresh, set())
                     for key in self._retry(table, one_run_id(run_ids), append):
                         written[first[key]] = True
             claimed = set(claim.held)
@@ -403,23 +403,29 @@ class RunStore:
         log.debug("%s: %s of %s row(s) new %s", table, sum(written), len(keys), ids_text(run_ids))
         return written
 
-    def _append_absent(self, table: str, rows: pa.Table, fresh: frozenset[str]) -> list[str]:
+    def _append_absent(self, table: str, rows: pa.Table, fresh: frozenset[str],
+                       tried: set[str]) -> list[str]:
         """Append the rows whose key is not in `table` yet, in one commit; their keys.
 
-        The caller holds every key's claim, so no other writer can add one in between; keys in
-        `fresh` were never written (`claims.py`), the others are looked up.
+        The caller holds every key's claim, so no other writer can add one in between. Keys in
+        `fresh` were never written (`claims.py`) and are not looked up, on a first attempt
+        only: an attempt that raised may still have committed (the error came after lance's
+        commit), so `tried` collects the keys each attempt appended, a retry looks every key
+        up, and a key it finds that an earlier attempt appended is this write's too.
         """
         key_column = _TABLES[table].key
         keys = rows[key_column].to_pylist()
         handle = self._table(table)
-        unknown = [key for key in keys if key not in fresh]
+        unknown = [key for key in keys if tried or key not in fresh]
         present = set(handle.search().where(_in(key_column, unknown)).select([key_column])
                       .limit(len(unknown)).to_arrow()[key_column].to_pylist()) if unknown else set()
+        landed = [key for key in keys if key in present and key in tried]
         absent = [index for index, key in enumerate(keys) if key not in present]
+        tried.update(keys[index] for index in absent)
         if absent:
             handle.add(rows.take(absent))
             self._count_commit(table)
-        return [keys[index] for index in absent]
+        return [keys[index] for index in absent] + landed
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 
+import lancedb
 import pyarrow as pa
 import pytest
 import redis
@@ -336,6 +337,34 @@ def test_a_failure_that_clears_is_retried_and_the_write_lands(tmp_path):
         logger.setLevel(level)
     assert store.get_run("run-1")["run_id"] == "run-1"
 
+
+
+@pytest.mark.parametrize("with_redis", [False, True], ids=["local", "redis-marks"])
+def test_an_attempt_that_committed_then_raised_is_not_written_twice(uri, redis_client,
+                                                                    monkeypatch, with_redis):
+    """lance can raise after its commit landed; the retry must find the row, not add it again
+    (with Redis, the first attempt trusted the key's fresh mark and did not look it up)."""
+    commit = lancedb.table.LanceTable.add
+    failures = []
+
+    def commit_then_raise(self, *args, **kwargs):
+        result = commit(self, *args, **kwargs)
+        if not failures:
+            failures.append(self.name)
+            raise RuntimeError("injected: the commit landed, then the call failed")
+        return result
+
+    store = RunStore(uri, redis=redis_client if with_redis else None, max_attempts=3)
+    assert store.record_run(_run("run-0"))  # the table exists: new keys' marks are trusted
+    monkeypatch.setattr(lancedb.table.LanceTable, "add", commit_then_raise)
+
+    assert store.record_runs([_run("run-1"), _run("run-2")]) == [True, True]
+
+    assert failures == [RUNS_TABLE]
+    assert sorted(r["run_id"] for r in store.iter_runs()) == ["run-0", "run-1", "run-2"]
+    assert store.record_runs([_run("run-1"), _run("run-3")]) == [False, True]
+    assert store.count(RUNS_TABLE) == 4
+    store.close()
 
 # -- batched writes, group commit, maintenance -----------------------------------------------
 
