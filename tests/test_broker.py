@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -82,6 +83,30 @@ def _deliver(conn: kombu.Connection, queue: str, payloads: list[dict]) -> list:
     return [simple.get(timeout=2) for _ in payloads]
 
 
+def _body(raw: dict) -> str:
+    """A stored message's body, decoded as its `body_encoding` property says."""
+    if raw["properties"].get("body_encoding") == "base64":
+        return base64.b64decode(raw["body"]).decode()
+    return raw["body"]
+
+
+def test_text_bodies_are_stored_as_they_are_and_bytes_in_base64(redis_url: str, connection):
+    """kombu base64-encodes every body; ours only what is not text (a compressed body), and a
+    stock consumer reads both."""
+    client = redis.Redis.from_url(redis_url)
+    with connection.Producer() as producer:
+        producer.publish({"n": 1}, routing_key="osiris.test.body")
+        producer.publish({"n": 2}, routing_key="osiris.test.body", compression="zlib")
+    plain, compressed = (json.loads(m) for m in reversed(client.lrange("osiris.test.body", 0, -1)))
+    assert plain["properties"]["body_encoding"] is None and json.loads(plain["body"]) == {"n": 1}
+    assert compressed["properties"]["body_encoding"] == "base64"
+    with kombu.Connection(redis_url) as stock, stock.SimpleQueue("osiris.test.body") as queue:
+        got = [queue.get(timeout=2) for _ in range(2)]
+        for message in got:
+            message.ack()
+    assert [m.payload for m in got] == [{"n": 1}, {"n": 2}]
+
+
 @pytest.mark.parametrize("prefix", ["", "osiris-test:"])
 def test_unacked_messages_are_kept_as_kombus_ack_emulation_keeps_them(redis_url: str, prefix):
     """Our QoS writes the unacked hash and index kombu's writes, with the same values, under
@@ -100,7 +125,7 @@ def test_unacked_messages_are_kept_as_kombus_ack_emulation_keeps_them(redis_url:
             assert stored is not None
             assert abs(client.zscore(f"{prefix}unacked_index", tag) - time.time()) < 5
             raw, exchange, routing_key = json.loads(stored)
-            written[transport] = (raw["body"], raw["properties"]["delivery_info"], exchange,
+            written[transport] = (_body(raw), raw["properties"]["delivery_info"], exchange,
                                   routing_key)
             message.ack()
             assert client.hlen(f"{prefix}unacked") == 0
@@ -134,3 +159,19 @@ def test_the_scripts_are_loaded_again_after_a_script_flush(redis_url: str, conne
     assert client.hlen("unacked") == 1
     second.ack()
     assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one", "publish-batch"])
+def test_a_queue_declared_with_expires_gets_its_ttl_on_publish(redis_url: str, connection,
+                                                               batched: bool):
+    client = redis.Redis.from_url(redis_url)
+    queue = kombu.Queue("osiris.test.expiring", expires=60)
+    with connection.Producer() as producer:
+        queue(producer.channel).declare()
+        if batched:
+            with producer.batch():
+                producer.publish({"n": 1}, routing_key=queue.name)
+        else:
+            producer.publish({"n": 1}, routing_key=queue.name)
+    assert client.llen(queue.name) == 1
+    assert 0 < client.pttl(queue.name) <= 60_000
