@@ -34,6 +34,7 @@ _EXPORTS = {
     "build_canvas": "canvas",
     "continuation": "canvas",
     "submit_run": "canvas",
+    "submit_runs": "canvas",
     "new_run_id": "ids",
     # ticks and the risk gate
     "parse_tick": "ticks",

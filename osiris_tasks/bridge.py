@@ -4,7 +4,8 @@ Redis disconnects a Pub/Sub subscriber whose output buffer grows past its limit
 (`client-output-buffer-limit pubsub 32mb 8mb 60`), and Pub/Sub has no replay, so the read loop
 does nothing slow: it reads a message, validates it (`parse_tick`), appends the tick to its
 group's buffer and, when a batch is due, hands the run's state to a submitter thread through a
-queue. Only the submitter calls `submit` (Celery's `apply_async` does network I/O).
+queue. Only the submitter calls `submit` (Celery's `apply_async` does network I/O); runs that
+queued up while it was busy go together, in one `submit_many` call (one round trip).
 
 Batching
     Ticks are grouped per symbol (`group_by="symbol"`) or all in one buffer (`"none"`). A group
@@ -90,6 +91,8 @@ INFLIGHT_TIMEOUT_S = 600.0
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
 # Backoff between attempts to submit one run: doubles from MIN to MAX.
 SUBMIT_BACKOFF_MIN_S, SUBMIT_BACKOFF_MAX_S = 0.5, 10.0
+# Runs the submitter hands to `submit_many` at most at once (those queued when it gets to them).
+MAX_SUBMIT_BATCH = 32
 # At stop, how long the submitter may take by default to submit what is queued.
 DRAIN_TIMEOUT_S = 10.0
 # At most one log line per rejection reason per this many seconds.
@@ -293,10 +296,13 @@ _CLOSE = object()  # tells the submitter thread that no more jobs will come
 
 
 class _Submitter:
-    """A thread that calls `submit` for each job, retrying failures with backoff."""
+    """A thread that calls `submit` for each job, retrying failures with backoff; with
+    `submit_many`, the jobs queued when it gets to them go together (up to MAX_SUBMIT_BATCH),
+    and a failed batch is submitted again one job at a time."""
 
-    def __init__(self, submit: Callable[[dict], None], counters: BridgeCounters):
-        self._submit, self._counters = submit, counters
+    def __init__(self, submit: Callable[[dict], None], counters: BridgeCounters,
+                 submit_many: Callable[[list[dict]], object] | None = None):
+        self._submit, self._submit_many, self._counters = submit, submit_many, counters
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: dict[str, _Job] = {}  # queued or being retried, by run_id
         self._lock = threading.Lock()
@@ -326,8 +332,36 @@ class _Submitter:
         self._counters.incr("runs_abandoned", len(leftover))
 
     def _work(self) -> None:
-        while (job := self._queue.get()) is not _CLOSE and not self._abort.is_set():
-            self._submit_until_done(job)
+        closing = False
+        while not closing and (job := self._queue.get()) is not _CLOSE:
+            jobs = [job]
+            while self._submit_many is not None and len(jobs) < MAX_SUBMIT_BATCH:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _CLOSE:
+                    closing = True
+                    break
+                jobs.append(job)
+            if self._abort.is_set():
+                return
+            if len(jobs) == 1 or not self._submit_together(jobs):
+                for job in jobs:
+                    self._submit_until_done(job)
+
+    def _submit_together(self, jobs: list[_Job]) -> bool:
+        """One `submit_many` call for `jobs`; False if it failed (any of them may be out)."""
+        try:
+            self._submit_many([job.state for job in jobs])
+        except Exception as exc:  # `submit_many` is the caller's: the jobs go one by one
+            self._counters.incr("submit_failures")
+            logger.warning("submitting %d runs together failed: %r; submitting them one by one",
+                           len(jobs), exc)
+            return False
+        for job in jobs:
+            self._done(job, 1)
+        return True
 
     def _submit_until_done(self, job: _Job) -> None:
         delay_s, attempt = SUBMIT_BACKOFF_MIN_S, 1
@@ -402,19 +436,25 @@ class Bridge:
     """Reads ticks from Redis Pub/Sub and submits one run per batch (see the module docstring).
 
     `submit(state)` starts a run (the CLI passes `lambda state: submit_run(app, state)`); it is
-    called from a submitter thread. By default the bridge builds its Redis client from
-    `config.redis_url`; a `redis_client` passed instead must not decode responses and should
-    not retry (`retry=Retry(NoBackoff(), 0)`), or redis-py reconnects behind the bridge's back
-    and the gap goes uncounted. `clock` stamps each batch's `created_at`. A Bridge runs once.
+    called from a submitter thread. With `submit_many(states)` (the CLI passes `submit_runs`),
+    the runs queued for the submitter go in one call (one round trip to the broker), up to
+    MAX_SUBMIT_BATCH; if it raises, each of them goes through `submit` (a run it had published
+    is then published twice and recorded once: its run_id keys its task and its record).
+
+    By default the bridge builds its Redis client from `config.redis_url`; a `redis_client`
+    passed instead must not decode responses and should not retry (`retry=Retry(NoBackoff(),
+    0)`), or redis-py reconnects behind the bridge's back and the gap goes uncounted. `clock`
+    stamps each batch's `created_at`. A Bridge runs once.
     """
 
     def __init__(self, config: BridgeConfig, submit: Callable[[dict], None], *,
+                 submit_many: Callable[[list[dict]], object] | None = None,
                  redis_client: redis.Redis | None = None, clock: Callable[[], float] = time.time):
         self._config = config
         self._owns_client = redis_client is None
         self._redis = _client_for(config.redis_url) if redis_client is None else redis_client
         self._counters = BridgeCounters()
-        self._submitter = _Submitter(submit, self._counters)
+        self._submitter = _Submitter(submit, self._counters, submit_many)
         self._batcher = _Batcher(config, self._counters, clock=clock,
                                  dispatch=self._submitter.put)
         self._stats = _StatsReporter(self._redis, self._counters, config.stats_interval_s)

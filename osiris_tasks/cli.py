@@ -129,7 +129,7 @@ def cmd_sidecar(args, settings: Settings) -> int:
 def cmd_bridge(args, settings: Settings) -> int:
     from . import telemetry
     from .bridge import Bridge, BridgeConfig
-    from .canvas import submit_run
+    from .canvas import submit_run, submit_runs
     from .celery_app import app, configure
 
     configure(app, settings)
@@ -140,7 +140,8 @@ def cmd_bridge(args, settings: Settings) -> int:
         group_by=args.group_by, default_symbol=args.default_symbol or settings.default_symbol,
         proposal_ttl_s=args.proposal_ttl_s, max_inflight=args.max_inflight,
         stats_interval_s=args.stats_interval_s)
-    bridge = Bridge(config, lambda state: submit_run(app, state))
+    bridge = Bridge(config, lambda state: submit_run(app, state),
+                    submit_many=lambda states: submit_runs(app, states))
     if args.metrics_port:
         from .metrics import serve_metrics
 

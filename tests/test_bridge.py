@@ -245,6 +245,36 @@ def test_failed_submissions_are_retried_then_reported_at_stop(redis_url, caplog)
     assert sorted(line.split(": ")[1].split()[0] for line in lost) == ["1", "2"]  # tick counts
 
 
+def test_queued_runs_are_submitted_together_and_a_failed_batch_one_by_one(redis_url, caplog):
+    singles, batches, lock = [], [], threading.Lock()
+
+    def submit(state):
+        with lock:
+            singles.append(state["run_id"])
+        if len(singles) == 1:
+            time.sleep(0.3)  # the next runs queue up behind the first
+
+    def submit_many(states):
+        if not batches:
+            batches.append([])
+            raise RuntimeError("broker hiccup")
+        with lock:
+            batches.append([state["run_id"] for state in states])
+
+    config = BridgeConfig(redis_url, ticks_per_proposal=1, group_by="none")
+    with running(config, submit, submit_many=submit_many) as h:
+        h.send(*(tick(close=100.0 + n) for n in range(40)))
+        wait_for(lambda: len(singles) + sum(map(len, batches)) >= 40, timeout_s=10)
+        time.sleep(0.2)
+        counters = h.bridge.counters
+    submitted = singles + [run_id for batch in batches for run_id in batch]
+    assert len(submitted) == len(set(submitted)) == 40  # each run once
+    assert len(singles) > 1  # the failed batch went one by one
+    assert any(len(batch) > 1 for batch in batches[1:])  # later ones went together
+    assert counters["runs_submitted"] == 40 and counters["submit_failures"] == 1
+    assert "submitting them one by one" in caplog.text
+
+
 def test_counters_are_published_to_a_redis_hash(redis_url):
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     with running(BridgeConfig(redis_url, stats_interval_s=0.2)) as h:

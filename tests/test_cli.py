@@ -24,7 +24,7 @@ EXPECTED_SURFACE = [
     "Settings", "app", "configure", "QUEUES",
     "NODE_NAMES", "build_graph", "route_after_risk", "Topology", "RunState", "RunStatus",
     "run_status", "initial_state", "InProcessRunner", "Resources",
-    "topology", "build_canvas", "continuation", "submit_run", "new_run_id",
+    "topology", "build_canvas", "continuation", "submit_run", "submit_runs", "new_run_id",
     "parse_tick", "validate_tick", "RISK_GATE_CONFIG", "RiskLimits", "Verdict", "assess",
     "OsirisError", "ConfigError", "TickRejected", "ProposalInvalid", "SidecarError",
     "SidecarUnavailable", "SidecarTimeout", "SidecarStatusError", "SidecarResponseError",

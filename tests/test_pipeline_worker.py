@@ -6,13 +6,24 @@ Pub/Sub are only proven here; eager mode hides all of them.
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 import redis
 from conftest import wait_for
 from pipeline_helpers import ACCEPTED_BATCH, REJECTED_BATCH, EventListener
 
-from osiris_tasks import InProcessRunner, Resources, app, configure, initial_state, submit_run
+from osiris_tasks import (
+    InProcessRunner,
+    Resources,
+    app,
+    build_canvas,
+    configure,
+    initial_state,
+    submit_run,
+    submit_runs,
+)
 from osiris_tasks.state import comparable
 from osiris_tasks.store import RunStore
 
@@ -101,3 +112,50 @@ def test_parity_in_process_vs_celery(pipeline, tmp_path, batch):
     for column in ("prompt", "raw_completion", "input_query", "status", "proposal"):
         assert celery_row[column] == local_row[column]
     assert final["status"] == celery_row["status"]
+
+
+def _queued(client: redis.Redis, queue: str) -> list[dict]:
+    """The messages waiting in `queue`, oldest first, bodies decoded."""
+    messages = [orjson.loads(raw) for raw in reversed(client.lrange(queue, 0, -1))]
+    for message in messages:
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        message["body"] = orjson.loads(body)
+    return messages
+
+
+def test_a_submitted_run_is_the_message_its_chain_would_send(settings):
+    """`submit_run` builds the entry chain's message without Celery's chain machinery; it must
+    be what `build_canvas(...).apply_async()` sends, but for the ids the chain pre-assigns to
+    its later steps (a worker assigns them as it publishes each step)."""
+    configure(app, settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    ours = initial_state(ACCEPTED_BATCH)
+    theirs = dict(ours)
+    submit_run(app, ours)
+    build_canvas(app, theirs).apply_async(ignore_result=True)
+
+    sent, expected = _queued(client, "osiris.default")
+    for message in (sent, expected):
+        del message["properties"]["delivery_tag"]
+        for step in message["body"][2]["chain"]:
+            step["options"].pop("task_id", None)
+            step["options"].pop("reply_to", None)
+    assert [s["task"] for s in sent["body"][2]["chain"]] == [
+        "osiris.risk_management", "osiris.generate_proposal"]
+    assert sent == expected
+    client.close()
+
+
+def test_runs_submitted_together_all_finish(pipeline):
+    settings, listener, store = pipeline
+    states = [initial_state(ACCEPTED_BATCH), initial_state(REJECTED_BATCH),
+              initial_state(ACCEPTED_BATCH)]
+
+    results = submit_runs(app, states)
+
+    assert [r.id for r in results] == [s["run_id"] for s in states]
+    statuses = [finished(store, state["run_id"])["status"] for state in states]
+    assert statuses == ["success", "success_risk_rejected", "success"]
+    assert store.count("orchestrator_runs") == 3
