@@ -26,6 +26,10 @@ EPOCH_MS_THRESHOLD = 1e11
 MIN_EPOCH_S, MAX_EPOCH_S = 946_684_800.0, 4_102_444_800.0
 SAMPLE_CHARS = 80
 OPTIONAL_PRICES = ("open", "high", "low")
+# Symbols `_plain_tick` has seen pass SYMBOL_RE, up to this many (a feed has a few hundred).
+MAX_PLAIN_SYMBOLS = 10_000
+_plain_symbols: set[str] = set()
+_INF = math.inf
 
 Tick = dict[str, Any]
 
@@ -44,6 +48,43 @@ def parse_tick(raw: bytes | str, *, default_symbol: str, now_s: float | None = N
 
 def validate_tick(obj: Any, *, default_symbol: str, now_s: float | None = None) -> Tick:
     """Return the tick's validated fields only; raise `TickRejected` with the reason."""
+    if type(obj) is dict and (tick := _plain_tick(obj)) is not None:
+        return tick
+    return _validate(obj, default_symbol, now_s)
+
+
+def _plain_tick(obj: dict) -> Tick | None:
+    """The common tick, validated in one pass on the bridge's hot path: a symbol, a `close`,
+    an epoch-seconds `timestamp`, optional open/high/low/volume, every number a float (what a
+    feed's JSON decodes to). The same tick `_validate` returns; None for anything else (ints,
+    `price`, ISO timestamps, a bad value...), which `_validate` then accepts or rejects with
+    its reason."""
+    symbol, close, timestamp = obj.get("symbol"), obj.get("close"), obj.get("timestamp")
+    if (type(symbol) is not str or type(close) is not float or type(timestamp) is not float
+            or not 0.0 < close < _INF or not MIN_EPOCH_S <= timestamp < MAX_EPOCH_S
+            or len(obj) > MAX_TICK_KEYS):
+        return None
+    if symbol not in _plain_symbols:
+        if not SYMBOL_RE.fullmatch(symbol):
+            return None
+        if len(_plain_symbols) < MAX_PLAIN_SYMBOLS:
+            _plain_symbols.add(symbol)
+    tick: Tick = {"symbol": symbol, "close": close, "timestamp": timestamp}
+    for name in OPTIONAL_PRICES:
+        if (value := obj.get(name)) is not None:
+            if type(value) is not float or not 0.0 < value < _INF:
+                return None
+            tick[name] = value
+    if (volume := obj.get("volume")) is not None:
+        if type(volume) is not float or not 0.0 <= volume < _INF:
+            return None
+        tick["volume"] = volume
+    if "high" in tick and "low" in tick and tick["high"] < tick["low"]:
+        return None
+    return tick
+
+
+def _validate(obj: Any, default_symbol: str, now_s: float | None) -> Tick:
     if type(obj) is not dict and not isinstance(obj, Mapping):
         raise TickRejected(f"tick must be a JSON object, got {type(obj).__name__}")
     if len(obj) > MAX_TICK_KEYS:

@@ -126,3 +126,52 @@ def test_summary_per_symbol():
     text = summary_text(summary)
     assert text.splitlines()[0].startswith("AAPL n=3 first=100.0000 last=101.0000")
     assert "vwap=101.0000" in text and "ret_pct=+1.0000" in text
+
+
+_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**13),
+    st.sampled_from([0.0, -0.0, -1.0, 1e-300, 1.7e308, NOW * 1000, 946_684_800.0, 4.1e9]),
+    st.booleans(), st.none(), st.sampled_from(["AAPL", "BRK.B", "bad symbol!", "", "1.5"]))
+_PLAIN = {"symbol": "AAPL", "open": 100.0, "high": 101.0, "low": 99.5, "close": 100.5,
+          "volume": 470.0, "timestamp": NOW}
+_KEEP, _DROP = "keep", "drop"
+
+
+@st.composite
+def _near_plain_ticks(draw):
+    """A feed's plain tick with some fields dropped or replaced, and maybe one extra."""
+    tick = {}
+    for name, value in _PLAIN.items():
+        choice = draw(st.sampled_from([_KEEP, _KEEP, _DROP, "replace"]))
+        if choice == _KEEP:
+            tick[name] = value
+        elif choice == "replace":
+            tick[name] = draw(_VALUES)
+    if draw(st.booleans()):
+        tick[draw(st.sampled_from(["price", "extra"]))] = draw(_VALUES)
+    return tick
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_near_plain_ticks())
+def test_the_fast_path_accepts_exactly_what_the_full_validation_accepts(obj):
+    """`_plain_tick` (the bridge's hot path) returns a tick only where `_validate` returns the
+    same tick; everything else goes through `_validate` and its reasons."""
+    from osiris_tasks.ticks import _plain_tick, _validate
+
+    fast = _plain_tick(obj)
+    try:
+        full = _validate(obj, "SPY", NOW)
+    except TickRejected:
+        full = None
+    if fast is not None:
+        assert fast == full and list(fast) == list(full)
+
+
+def test_the_fast_path_takes_a_feeds_plain_tick():
+    from osiris_tasks.ticks import _plain_tick
+
+    tick = {"symbol": "AAPL", "open": 100.0, "high": 101.0, "low": 99.5, "close": 100.5,
+            "volume": 470.0, "timestamp": NOW}
+    assert _plain_tick(tick) == validate_tick(tick, default_symbol="SPY")
+    assert _plain_tick({**tick, "high": 99.0}) is None  # high below low: _validate says why
