@@ -10,11 +10,17 @@ parts are: their results are not stored (Redis's chord hands them to the join in
 Worker set-ups per N: one `--pool threads` worker, and
 two threads workers of N/2 (N >= 32): one process per core.
 Each figure carries the workers' CPU per call, from which one more worker machine is modelled.
+
+Each rate is the median of `ROUNDS` rounds of `CALLS_PER_SLOT` calls per slot (about 3 s at the
+ideal rate), the workers started once: resuming a paused pool costs a fixed ~0.1 s ramp before
+every slot is busy, which a 1 s window (10 calls per slot) counted as a tenth of the figure and a
+sustained stream of calls never pays; and single rounds on this shared machine vary by ~10 %.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +36,8 @@ from .report import Report
 
 NAME = "sidecar"
 LATENCY_MS = 100
-CALLS_PER_SLOT = 10
+CALLS_PER_SLOT = 30
+ROUNDS = 3
 MIN_CALLS = 40
 POLL_S = 0.005
 # kombu's hash of delivered, unacknowledged messages (its default `unacked_key`).
@@ -122,9 +129,9 @@ def run(report: Report, *, slot_counts: tuple[int, ...], redis_url: str,
             calls = _calls(slots)
             ideal = report.add(NAME, f"ideal, {slots} slots x {LATENCY_MS} ms",
                                slots / (LATENCY_MS / 1000), "calls/s")
-            threads = report.add(NAME, f"ThreadPoolExecutor, {slots} threads",
-                                 calls / _threads(settings, slots, calls), "calls/s",
-                                 baseline=ideal, calls=calls)
+            spent = statistics.median(_threads(settings, slots, calls) for _ in range(ROUNDS))
+            threads = report.add(NAME, f"ThreadPoolExecutor, {slots} threads", calls / spent,
+                                 "calls/s", baseline=ideal, calls=calls, rounds=ROUNDS)
             for label, worker_args in layouts(slots).items():
                 _layout(report, client, settings, label, worker_args, calls, timeout_s,
                         ideal=ideal, threads=threads)
@@ -138,11 +145,14 @@ def _layout(report: Report, client, settings, label: str, worker_args, calls: in
         for worker in workers:
             worker.wait_ready(app)
         before = sum(cpu_s(worker.proc.pid) for worker in workers)
-        spent = _celery(client, [worker.name for worker in workers], calls, timeout_s)
-        cpu_ms = (sum(cpu_s(worker.proc.pid) for worker in workers) - before) / calls * 1000
-    rate = calls / spent
+        rates = [calls / _celery(client, [worker.name for worker in workers], calls, timeout_s)
+                 for _ in range(ROUNDS)]
+        cpu_ms = (sum(cpu_s(worker.proc.pid) for worker in workers) - before) / (
+            calls * ROUNDS) * 1000
+    rate = statistics.median(rates)
     report.add(NAME, f"Celery score_proposal, {label}", rate, "calls/s", baseline=threads,
-               calls=calls, worker_cpu_ms_per_call=round(cpu_ms, 3))
+               calls=calls, rounds=[round(r, 1) for r in rates],
+               worker_cpu_ms_per_call=round(cpu_ms, 3))
     report.add(NAME, f"Celery score_proposal, {label}, vs ideal", rate, "calls/s",
                baseline=ideal, calls=calls)
     # The warm-up calls are in the CPU figure too: an upper bound of the per-call cost.
