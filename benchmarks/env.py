@@ -91,12 +91,24 @@ def cpu_s(pid: int, *, children: bool = True) -> float:
     children (a prefork pool) have used so far."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        kids = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                for child in (task / "children").read_text().split()] if children else []
+        tasks = list(Path(f"/proc/{pid}/task").iterdir()) if children else []
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_s(child) for child in kids)
+    return own + sum(cpu_s(child) for child in _children(tasks))
+
+
+def _children(tasks: list[Path]) -> list[int]:
+    """Child pids of these threads; a thread that exited meanwhile has none (a worker's
+    short-lived threads, such as the store's maintenance, come and go: reading a gone
+    thread's `children` made a whole worker's CPU read as 0)."""
+    found = []
+    for task in tasks:
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
 
 
 def bench_settings(redis_url: str, sidecar_url: str, lancedb_uri: str) -> Settings:

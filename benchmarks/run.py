@@ -16,8 +16,8 @@ import redis
 
 from . import (
     bridge_bench,
-    broker_bench,
     celery_bench,
+    hotpaths_bench,
     latency_bench,
     runner_bench,
     sidecar_bench,
@@ -26,13 +26,15 @@ from . import (
 from .env import embedded_redis, sidecar_process
 from .report import Report
 
-BENCHMARKS = ("store", "runner", "celery", "sidecar", "bridge", "latency", "broker")
-# Sizes per mode: quick finishes in about two minutes on two cores.
+BENCHMARKS = ("store", "runner", "celery", "sidecar", "bridge", "latency", "hotpaths")
+# Sizes per mode: quick finishes in about five minutes on two cores.
 SIZES = {
     True: {"store": store_bench.QUICK, "runs": 30, "burst": 40, "slots": (1, 8, 32),
-           "bridge": bridge_bench.QUICK, "latency": latency_bench.QUICK, "messages": 300},
+           "bridge": bridge_bench.QUICK, "latency": latency_bench.QUICK,
+           "hotpaths": {"messages": 300, "runs": 128, "tick_count": 30_000}},
     False: {"store": store_bench.FULL, "runs": 200, "burst": 300, "slots": (1, 8, 32, 64),
-            "bridge": bridge_bench.FULL, "latency": latency_bench.FULL, "messages": 1000},
+            "bridge": bridge_bench.FULL, "latency": latency_bench.FULL,
+            "hotpaths": {"messages": 1000, "runs": 512, "tick_count": 100_000}},
 }
 
 
@@ -60,15 +62,15 @@ def run_suite(report: Report, only: tuple[str, ...]) -> None:
             elif name == "latency":
                 latency_bench.run(report, sizes=sizes["latency"], redis_url=redis_url,
                                   sidecar_url=sidecar_url)
-            elif name == "broker":
-                broker_bench.run(report, messages=sizes["messages"], redis_url=redis_url)
+            elif name == "hotpaths":
+                hotpaths_bench.run(report, **sizes["hotpaths"], redis_url=redis_url)
             report.note(f"{name}: {time.perf_counter() - started:.0f} s")
         client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, about two minutes")
+    parser.add_argument("--quick", action="store_true", help="small sizes, about five minutes")
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     args = parser.parse_args(argv)

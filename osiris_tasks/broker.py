@@ -14,7 +14,7 @@ messages restored after the visibility timeout. kombu writes both with a MULTI/E
 every delivery and every ack: four commands and four replies to parse, the largest single
 item in a py-spy profile of a threads worker making 100 ms sidecar calls. `QoS` writes them
 with one Lua script per delivery and per ack: the same keys, the same values, still atomic,
-one reply (0.74x the CPU, `python -m benchmarks.run --only broker`).
+one reply (median 0.78x the CPU, `python -m benchmarks.run --only hotpaths`).
 Restoring (after the visibility timeout, at shutdown, on reject) is kombu's, unchanged.
 
 `celery_config()` selects this transport for `redis://` and `rediss://` broker URLs; the URL,

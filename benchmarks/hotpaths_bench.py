@@ -1,0 +1,170 @@
+"""(g) In-process hot paths, each against the code it replaced, in this process, rounds
+interleaved, CPU time (`time.process_time`):
+
+- the broker's ack emulation: recording a delivered message as unacknowledged and acking it
+  (`QoS.append` + `QoS.ack`, which every worker pays once per task), with
+  `osiris_tasks.broker.QoS` (one Lua script each) against kombu's own `QoS` (a MULTI/EXEC
+  pipeline each) on the same channel class;
+- submitting a run of 100 ticks: `submit_runs` (batches of 32, one round trip each) and
+  `submit_run` against Celery's chain (`build_canvas(...).apply_async()`), on the broker
+  configured as the bridge's is;
+- validating a tick: `parse_tick` on a feed's plain ticks (its one-pass fast path) against the
+  full validation it falls back to.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+
+import kombu
+import orjson
+import redis
+from kombu.transport import redis as kombu_redis
+
+from osiris_tasks import broker, ticks
+from osiris_tasks.canvas import build_canvas, submit_run, submit_runs
+from osiris_tasks.celery_app import QUEUES, app, configure
+from osiris_tasks.settings import Settings
+from osiris_tasks.sim import synthetic_ticks
+from osiris_tasks.state import initial_state
+
+from .report import Report
+
+NAME = "hotpaths"
+QUEUE = "osiris.bench.qos"
+# A task message of the pipeline's size (a run's state is a few KB).
+PAYLOAD = {"state": "x" * 2000}
+ROUNDS = 5
+TICKS_PER_RUN, SUBMIT_BATCH = 100, 32
+
+
+class _StockQoSChannel(broker.Channel):
+    QoS = kombu_redis.QoS
+
+
+class _StockQoSTransport(broker.Transport):
+    Channel = _StockQoSChannel
+
+
+def _ack_cpu(redis_url: str, transport: type, messages: int) -> float:
+    """CPU seconds per message of `append` then `ack` over `messages` delivered messages."""
+    with kombu.Connection(redis_url, transport=transport) as conn:
+        channel = conn.default_channel
+        kombu.Queue(QUEUE, channel=channel).declare()
+        with conn.Producer() as producer:
+            for _ in range(messages):
+                producer.publish(PAYLOAD, routing_key=QUEUE)
+        delivered = [channel.basic_get(QUEUE, no_ack=False) for _ in range(messages)]
+        for message in delivered:  # basic_get appended them: start from none unacknowledged
+            channel.qos.ack(message.delivery_tag)
+        started = time.process_time()
+        for message in delivered:
+            channel.qos.append(message, message.delivery_tag)
+        for message in delivered:
+            channel.qos.ack(message.delivery_tag)
+        return (time.process_time() - started) / messages
+
+
+def _cpu_per_item(fn: Callable[[], object], items: int) -> float:
+    started = time.process_time()
+    fn()
+    return (time.process_time() - started) / items
+
+
+def _medians(candidates: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Each candidate's median over ROUNDS rounds, the candidates interleaved in every round."""
+    spent: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(ROUNDS):
+        for name, measure in candidates.items():
+            spent[name].append(measure())
+    return {name: statistics.median(values) for name, values in spent.items()}
+
+
+def ack_emulation(report: Report, redis_url: str, messages: int) -> None:
+    cpu = _medians({name: lambda t=transport: _ack_cpu(redis_url, t, messages)
+                    for name, transport in (("stock", _StockQoSTransport),
+                                            ("ours", broker.Transport))})
+    client = redis.Redis.from_url(redis_url)
+    left = client.hlen("unacked") + client.zcard("unacked_index") + client.llen(QUEUE)
+    client.close()
+    if left:
+        raise RuntimeError(f"{left} messages or unacked entries left behind")
+    stock = report.add(NAME, "kombu's QoS: append + ack, CPU per message", cpu["stock"] * 1e6,
+                       "µs", messages=messages, rounds=ROUNDS)
+    report.add(NAME, "osiris_tasks.broker.QoS: append + ack, CPU per message",
+               cpu["ours"] * 1e6, "µs", baseline=stock, messages=messages, rounds=ROUNDS)
+
+
+def submission(report: Report, redis_url: str, runs: int) -> None:
+    configure(app, Settings.from_env({}, redis_url=redis_url, broker_url=redis_url,
+                                     result_backend=redis_url))
+    feed = [dict(t) for t in itertools.islice(
+        synthetic_ticks(("AAPL", "MSFT", "NVDA"), seed=5, volatility=0.002),
+        TICKS_PER_RUN * runs)]
+    client = redis.Redis.from_url(redis_url)
+
+    def states() -> list[dict]:
+        client.delete(*QUEUES)  # no worker: what one measurement queued goes before the next
+        return [initial_state(feed[i * TICKS_PER_RUN:(i + 1) * TICKS_PER_RUN])
+                for i in range(runs)]
+
+    def chain() -> float:
+        batch = states()
+        return _cpu_per_item(lambda: [build_canvas(app, s).apply_async(ignore_result=True)
+                                      for s in batch], runs)
+
+    def one_by_one() -> float:
+        batch = states()
+        return _cpu_per_item(lambda: [submit_run(app, s) for s in batch], runs)
+
+    def together() -> float:
+        batch = states()
+        return _cpu_per_item(lambda: [submit_runs(app, batch[i:i + SUBMIT_BATCH])
+                                      for i in range(0, runs, SUBMIT_BATCH)], runs)
+
+    submit_run(app, states()[0])  # warm-up: connections, declarations
+    cpu = _medians({"chain": chain, "one": one_by_one, "batch": together})
+    queued = sum(client.llen(q) for q in QUEUES)
+    client.delete(*QUEUES)
+    client.close()
+    if queued != runs:
+        raise RuntimeError(f"{queued} of {runs} runs queued")
+    chain_figure = report.add(NAME, f"run of {TICKS_PER_RUN} ticks submitted as Celery's "
+                              "chain (build_canvas().apply_async()), CPU per run",
+                              cpu["chain"] * 1000, "ms", runs=runs, rounds=ROUNDS)
+    report.add(NAME, "submit_run, CPU per run", cpu["one"] * 1000, "ms",
+               baseline=chain_figure, runs=runs, rounds=ROUNDS)
+    report.add(NAME, f"submit_runs, batches of {SUBMIT_BATCH}, CPU per run",
+               cpu["batch"] * 1000, "ms", baseline=chain_figure, runs=runs, rounds=ROUNDS)
+
+
+def tick_validation(report: Report, count: int) -> None:
+    raw = [orjson.dumps(t) for t in itertools.islice(
+        synthetic_ticks(("AAPL", "MSFT", "NVDA"), seed=5, volatility=0.002), count)]
+    decoded = [orjson.loads(r) for r in raw]
+
+    def fast() -> float:
+        return _cpu_per_item(lambda: [ticks.parse_tick(r, default_symbol="SPY") for r in raw],
+                             count)
+
+    def full() -> float:
+        return _cpu_per_item(lambda: [ticks._validate(d, "SPY", None) for d in decoded], count)
+
+    def decode() -> float:
+        return _cpu_per_item(lambda: [orjson.loads(r) for r in raw], count)
+
+    cpu = _medians({"fast": fast, "full": full, "decode": decode})
+    baseline = report.add(NAME, "tick: decode + full validation, CPU per tick",
+                          (cpu["decode"] + cpu["full"]) * 1e6, "µs", ticks=count,
+                          rounds=ROUNDS)
+    report.add(NAME, "tick: parse_tick (decode + fast path), CPU per tick", cpu["fast"] * 1e6,
+               "µs", baseline=baseline, ticks=count, rounds=ROUNDS)
+
+
+def run(report: Report, *, messages: int, runs: int, tick_count: int, redis_url: str) -> None:
+    ack_emulation(report, redis_url, messages)
+    submission(report, redis_url, runs)
+    tick_validation(report, tick_count)
