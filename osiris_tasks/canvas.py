@@ -71,10 +71,16 @@ def _path(app: Celery, nodes: Sequence[str], run_id: str, first: Signature) -> S
     return chain(first, *rest) if rest else first
 
 
+@cache
+def _entry_path() -> tuple[str, ...]:
+    """The nodes a run starts with: the entry node through the first router."""
+    topo = topology()
+    return tuple(topo.linear_from(topo.entry))
+
+
 def build_canvas(app: Celery, state: Mapping[str, Any]) -> Signature:
     """The chain a new run starts with: the entry node through the first router."""
-    topo, run_id = topology(), state["run_id"]
-    path = topo.linear_from(topo.entry)
+    run_id, path = state["run_id"], _entry_path()
     first = node_signature(app, path[0], run_id, state=state).set(task_id=run_id)
     return _path(app, path, run_id, first)
 
@@ -113,11 +119,11 @@ def _send_entry(app: Celery, state: Mapping[str, Any], producer: Any = None):
     CPU): the later steps get their task ids when they are published, as every later step of
     a Celery chain does. Eager mode (tests of the canvas's wiring) gets the chain itself: it
     runs the whole chain in place and returns the last step's result."""
-    topo, run_id = topology(), state["run_id"]
+    run_id = state["run_id"]
     with telemetry.batch_span(run_id, len(state.get("ticks", ()))):
         if app.conf.task_always_eager:
             return build_canvas(app, state).apply_async(ignore_result=True)
-        path = topo.linear_from(topo.entry)
+        path = _entry_path()
         rest = [node_signature(app, node, run_id) for node in reversed(path[1:])]
         first = node_signature(app, path[0], run_id, state=state)
         return first.apply_async(task_id=run_id, chain=rest, ignore_result=True,
