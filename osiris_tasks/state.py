@@ -124,15 +124,16 @@ def comparable(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def initial_state(
     ticks: Iterable[Mapping[str, Any]], *, run_id: str | None = None,
-    created_at: float | None = None, ttl_s: float | None = None,
+    created_at: float | None = None, ttl_s: float | None = None, copy_ticks: bool = True,
 ) -> dict[str, Any]:
-    """The state a run starts with."""
+    """The state a run starts with; it holds copies of `ticks`, or, with `copy_ticks=False`,
+    the caller's tick dicts themselves (the bridge's own, which nothing else holds)."""
     created_at = time.time() if created_at is None else created_at
     return {
         "run_id": run_id or new_run_id(created_at),
         "created_at": created_at,
         "ttl_s": ttl_s,
-        "ticks": [dict(t) for t in ticks],
+        "ticks": [dict(t) for t in ticks] if copy_ticks else list(ticks),
         "errors": [],
         "timings_ms": {},
     }

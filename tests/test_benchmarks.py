@@ -69,6 +69,6 @@ def test_hot_paths_benchmark_compares_each_with_what_it_replaced(redis_url):
     hotpaths_bench.run(report, messages=20, runs=40, tick_count=300, redis_url=redis_url)
 
     names = [figure.name for figure in report.figures]
-    assert len(names) == 7 and "kombu's QoS" in names[0] and "chain" in names[2]
+    assert len(names) == 8 and "kombu's QoS" in names[0] and "chain" in names[2]
     assert all(f.value > 0 for f in report.figures)
     assert all(f.ratio > 0 for f in report.figures if f.baseline)

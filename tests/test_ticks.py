@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import orjson
 import pytest
@@ -168,10 +169,47 @@ def test_the_fast_path_accepts_exactly_what_the_full_validation_accepts(obj):
         assert fast == full and list(fast) == list(full)
 
 
-def test_the_fast_path_takes_a_feeds_plain_tick():
-    from osiris_tasks.ticks import _plain_tick
+@st.composite
+def _near_plain_json(draw):
+    """A near-plain tick as JSON text, written by hand: ints of any size, NaN/Infinity tokens
+    (not JSON), escaped keys, and maybe a key given twice."""
+    pairs = list(draw(_near_plain_ticks()).items())
+    if pairs and draw(st.booleans()):
+        name = draw(st.sampled_from([name for name, _ in pairs]))
+        pairs.insert(draw(st.integers(0, len(pairs))), (name, draw(_VALUES)))
+    if draw(st.booleans()):
+        pairs.append(("volume", draw(st.integers(-10**30, 10**400))))
+    escape = draw(st.booleans())
+    text = ",".join(
+        (json.dumps(name) if not escape else '"' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
+        + ":" + json.dumps(value) for name, value in pairs)
+    return ("{" + text + "}").encode()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_near_plain_json())
+def test_the_json_fast_path_accepts_exactly_what_decoding_and_validating_accepts(raw):
+    """`_feed_tick` (msgspec, the bridge's hot path) returns a tick only where orjson and
+    `_validate` return the same tick, keys in the same order."""
+    from osiris_tasks.ticks import _feed_tick, _validate
+
+    fast = _feed_tick(raw)
+    try:
+        full = _validate(orjson.loads(raw), "SPY", NOW)
+    except (TickRejected, orjson.JSONDecodeError):
+        full = None
+    if fast is not None:
+        assert fast == full and list(fast) == list(full)
+
+
+def test_the_fast_paths_take_a_feeds_plain_tick():
+    from osiris_tasks.ticks import _feed_tick, _plain_tick
 
     tick = {"symbol": "AAPL", "open": 100.0, "high": 101.0, "low": 99.5, "close": 100.5,
             "volume": 470.0, "timestamp": NOW}
     assert _plain_tick(tick) == validate_tick(tick, default_symbol="SPY")
+    assert _feed_tick(orjson.dumps(tick)) == validate_tick(tick, default_symbol="SPY")
+    assert _feed_tick(orjson.dumps({**tick, "high": 99.0})) is None
+    assert _feed_tick(orjson.dumps({**tick, "bid": 100.4})) is None  # the full path takes it
+    assert parse_tick(orjson.dumps({**tick, "bid": 100.4}), default_symbol="SPY") == tick
     assert _plain_tick({**tick, "high": 99.0}) is None  # high below low: _validate says why
