@@ -359,6 +359,8 @@ def drain_rates(report: Report, sizes: Sizes, redis_url: str, publisher: Publish
     report.add(NAME, f"osiris bridge, {sizes.ticks_per_proposal} ticks per run, submitting runs, "
                f"drain rate, median of {RATE_ROUNDS}", statistics.median(bridge_rates),
                "ticks/s", baseline=raw, ticks=ticks, rates=[round(r) for r in bridge_rates],
+               round_ratios=[round(bridge / bare, 2)
+                             for bridge, bare in zip(bridge_rates, raw_rates, strict=True)],
                runs_queued=runs, counters=counters)
     return raw
 

@@ -85,7 +85,7 @@ def _feed_tick(raw: bytes | str) -> Tick | None:
     an invalid earlier copy sends the tick to the full path."""
     try:
         feed = _decode_feed_tick(raw)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, UnicodeEncodeError):  # text with a lone surrogate: not JSON
         return None
     if not _plain_symbol(feed.symbol):
         return None

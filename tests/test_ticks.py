@@ -212,4 +212,6 @@ def test_the_fast_paths_take_a_feeds_plain_tick():
     assert _feed_tick(orjson.dumps({**tick, "high": 99.0})) is None
     assert _feed_tick(orjson.dumps({**tick, "bid": 100.4})) is None  # the full path takes it
     assert parse_tick(orjson.dumps({**tick, "bid": 100.4}), default_symbol="SPY") == tick
+    with pytest.raises(TickRejected, match="not JSON"):  # msgspec can't even encode it
+        parse_tick('{"symbol": "AAPL", "close": 1.0}\ud800', default_symbol="SPY")
     assert _plain_tick({**tick, "high": 99.0}) is None  # high below low: _validate says why
