@@ -23,9 +23,6 @@ its TLS options and every transport option mean what they mean for kombu's own t
 
 from __future__ import annotations
 
-import itertools
-import os
-import secrets
 from time import time
 from typing import Any
 
@@ -72,25 +69,6 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)
 
 
-class _DeliveryTags:
-    """Delivery tags, unique across processes and hosts: this process's 64 random bits, then a
-    counter. kombu's are `str(uuid4())`, one `getrandom` system call per published message; a
-    tag only needs to be unique (it keys the message in the unacked hash)."""
-
-    def __init__(self) -> None:
-        self.reset()
-        os.register_at_fork(after_in_child=self.reset)  # a forked child gets its own bits
-
-    def reset(self) -> None:
-        self._prefix, self._counter = secrets.token_hex(8) + "-", itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):x}"  # count's next() is atomic (GIL)
-
-
-_delivery_tags = _DeliveryTags()
-
-
 class Channel(kombu_redis.Channel):
     """A kombu Redis channel whose synchronous client is built once per connection pool, with
     the ack emulation above."""
@@ -107,9 +85,6 @@ class Channel(kombu_redis.Channel):
         if encoding is None and not isinstance(body, str):
             encoding = "base64"
         return super().encode_body(body, encoding)
-
-    def _next_delivery_tag(self) -> str:
-        return _delivery_tags.next()
 
     def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
         """kombu's `_put`, the message written by orjson (`serialization.dumps`): the same

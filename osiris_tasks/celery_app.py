@@ -18,7 +18,6 @@ from kombu import Queue
 
 from . import broker, results
 from .logs import setup_logging as configure_logging
-from .producer import AMQP_CLS
 from .serialization import SERIALIZER, register_serializer
 from .settings import Settings
 
@@ -44,7 +43,7 @@ PUBLISH_RETRY_POLICY = {"max_retries": 12, "interval_start": 0, "interval_step":
                         "interval_max": 2.0}
 
 register_serializer()
-app = Celery("osiris_tasks", include=["osiris_tasks.tasks"], amqp=AMQP_CLS)
+app = Celery("osiris_tasks", include=["osiris_tasks.tasks"])
 
 
 def _tls_options(url: str) -> dict[str, Any] | None:
