@@ -78,7 +78,8 @@ def validate_tick(obj: Any, *, default_symbol: str, now_s: float | None = None) 
 
 def _feed_tick(raw: bytes | str) -> Tick | None:
     """The bridge's hot path: a feed's plain tick (`_FeedTick`, epoch seconds), decoded and
-    validated by msgspec, ~4x faster than decoding and then validating in Python. The same
+    validated by msgspec, about half the CPU of orjson and the full validation (0.48x, the
+    hotpaths benchmark) and 0.69x of orjson and `_plain_tick`. The same
     tick the full validation returns, keys in the same order; None for anything else (an
     unknown key, `price`, an ISO timestamp, a bad value, malformed JSON...), which the full
     path then accepts or rejects with its reason. Duplicate keys: the last wins, as in orjson;
