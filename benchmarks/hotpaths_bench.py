@@ -5,6 +5,10 @@ interleaved, CPU time (`time.process_time`):
   (`QoS.append` + `QoS.ack`, which every worker pays once per task), with
   `osiris_tasks.broker.QoS` (one Lua script each) against kombu's own `QoS` (a MULTI/EXEC
   pipeline each) on the same channel class;
+- consuming: taking a delivered message off its queue and acking it, CPU per message in the
+  consumer, with our fetch (`osiris_tasks.fetch`: one script moves the message into the unacked
+  hash) against our transport with kombu's BRPOP-then-record (what it did before) and kombu's
+  stock transport;
 - submitting a run of 100 ticks: `submit_runs` (batches of 32, one round trip each) and
   `submit_run` against Celery's chain (`build_canvas(...).apply_async()`), on the broker
   configured as the bridge's is;
@@ -50,6 +54,36 @@ class _StockQoSTransport(broker.Transport):
     Channel = _StockQoSChannel
 
 
+class _BrpopChannel(broker.Channel):
+    """Our channel consuming as kombu does: BRPOP, then `QoS.append` records the message."""
+
+    _brpop_start = kombu_redis.Channel._brpop_start
+    _brpop_read = kombu_redis.Channel._brpop_read
+
+
+class _BrpopTransport(broker.Transport):
+    Channel = _BrpopChannel
+
+
+def _consume_cpu(redis_url: str, transport: type | None, messages: int) -> float:
+    """CPU seconds per message of consuming (drain_events) and acking `messages` queued ones."""
+    with kombu.Connection(redis_url, transport=broker.Transport) as conn, \
+            conn.Producer() as producer:
+        for _ in range(messages):
+            producer.publish(PAYLOAD, routing_key=QUEUE)
+    got = []
+    with kombu.Connection(redis_url, transport=transport) as conn:
+        consumer = conn.Consumer([kombu.Queue(QUEUE)], accept=["json"],
+                                 on_message=lambda message: (message.ack(), got.append(1)))
+        consumer.consume()
+        started = time.process_time()
+        while len(got) < messages:
+            conn.drain_events(timeout=5)
+        spent = time.process_time() - started
+        consumer.cancel()
+    return spent / messages
+
+
 def _ack_cpu(redis_url: str, transport: type, messages: int) -> float:
     """CPU seconds per message of `append` then `ack` over `messages` delivered messages."""
     with kombu.Connection(redis_url, transport=transport) as conn:
@@ -84,19 +118,37 @@ def _medians(candidates: dict[str, Callable[[], float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in spent.items()}
 
 
-def ack_emulation(report: Report, redis_url: str, messages: int) -> None:
-    cpu = _medians({name: lambda t=transport: _ack_cpu(redis_url, t, messages)
-                    for name, transport in (("stock", _StockQoSTransport),
-                                            ("ours", broker.Transport))})
+def _check_nothing_left(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     left = client.hlen("unacked") + client.zcard("unacked_index") + client.llen(QUEUE)
     client.close()
     if left:
         raise RuntimeError(f"{left} messages or unacked entries left behind")
+
+
+def ack_emulation(report: Report, redis_url: str, messages: int) -> None:
+    cpu = _medians({name: lambda t=transport: _ack_cpu(redis_url, t, messages)
+                    for name, transport in (("stock", _StockQoSTransport),
+                                            ("ours", broker.Transport))})
+    _check_nothing_left(redis_url)
     stock = report.add(NAME, "kombu's QoS: append + ack, CPU per message", cpu["stock"] * 1e6,
                        "µs", messages=messages, rounds=ROUNDS)
     report.add(NAME, "osiris_tasks.broker.QoS: append + ack, CPU per message",
                cpu["ours"] * 1e6, "µs", baseline=stock, messages=messages, rounds=ROUNDS)
+
+
+def consuming(report: Report, redis_url: str, messages: int) -> None:
+    cpu = _medians({name: lambda t=transport: _consume_cpu(redis_url, t, messages)
+                    for name, transport in (("stock", None), ("brpop", _BrpopTransport),
+                                            ("fetch", broker.Transport))})
+    _check_nothing_left(redis_url)
+    stock = report.add(NAME, "consume + ack, kombu's stock transport (BRPOP, then a MULTI/EXEC "
+                       "records it), CPU per message", cpu["stock"] * 1e6, "µs",
+                       messages=messages, rounds=ROUNDS)
+    report.add(NAME, "consume + ack, our transport with BRPOP (then a script records it)",
+               cpu["brpop"] * 1e6, "µs", baseline=stock, messages=messages, rounds=ROUNDS)
+    report.add(NAME, "consume + ack, our fetch (one script takes and records it)",
+               cpu["fetch"] * 1e6, "µs", baseline=stock, messages=messages, rounds=ROUNDS)
 
 
 def submission(report: Report, redis_url: str, runs: int) -> None:
@@ -173,5 +225,6 @@ def tick_validation(report: Report, count: int) -> None:
 
 def run(report: Report, *, messages: int, runs: int, tick_count: int, redis_url: str) -> None:
     ack_emulation(report, redis_url, messages)
+    consuming(report, redis_url, messages)
     submission(report, redis_url, runs)
     tick_validation(report, tick_count)

@@ -17,6 +17,10 @@ with one Lua script per delivery and per ack: the same keys, the same values, st
 one reply (median 0.78x the CPU, `python -m benchmarks.run --only hotpaths`).
 Restoring (after the visibility timeout, at shutdown, on reject) is kombu's, unchanged.
 
+Consumers fetch with `osiris_tasks.fetch`: the message moves from its queue into the unacked
+hash in one script call (kombu's BRPOP-then-record loses a message whose worker dies in
+between), and every publish rings the queue's bell, which idle consumers wait on.
+
 `celery_config()` selects this transport for `redis://` and `rediss://` broker URLs; the URL,
 its TLS options and every transport option mean what they mean for kombu's own transport.
 """
@@ -29,6 +33,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
+from .fetch import FETCHED_TAG_PREFIX, ReliableFetch
 from .serialization import dumps
 
 __all__ = ["TRANSPORT", "Channel", "QoS", "Transport", "transport_for"]
@@ -59,19 +64,26 @@ class QoS(kombu_redis.QoS):
     """kombu's Redis ack emulation, writing the unacked index and hash with one script call."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag.startswith(FETCHED_TAG_PREFIX):  # recorded by the fetch itself
+            virtual.QoS.append(self, message, delivery_tag)
+            return
         delivery = message.delivery_info
         raw = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         self.channel.unacked_script(APPEND_UNACKED, [time(), delivery_tag, raw])
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        self.channel.unacked_script(REMOVE_UNACKED, [delivery_tag])
+        self.forget(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
+    def forget(self, delivery_tag: str) -> None:
+        """Remove `delivery_tag`'s entries from the unacked index and hash."""
+        self.channel.unacked_script(REMOVE_UNACKED, [delivery_tag])
 
-class Channel(kombu_redis.Channel):
+
+class Channel(ReliableFetch):
     """A kombu Redis channel whose synchronous client is built once per connection pool, with
-    the ack emulation above."""
+    the ack emulation above and the reliable fetch of `osiris_tasks.fetch`."""
 
     QoS = QoS
     # kombu base64-encodes every body by default: a third bigger, and time spent on every
@@ -88,26 +100,32 @@ class Channel(kombu_redis.Channel):
 
     def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
         """kombu's `_put`, the message written by orjson (`serialization.dumps`): the same
-        JSON, several times faster for a message carrying a run's state."""
+        JSON, several times faster for a message carrying a run's state; then the queue's bell
+        rings (in the same round trip)."""
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         expires = self._expires.get(queue) if self._expires else None
         commands = [("lpush", key, dumps(message))]
         if expires is not None:
             commands += [("pexpire", self._q_for_pri(queue, p), expires)
                          for p in self.priority_steps]
+        rings = self.rings(queue)
         publish_batch = kwargs.pop("_publish_batch", None)
         if publish_batch is not None:
-            for name, *args in commands:
+            for name, *args in commands + rings:
                 publish_batch.add(name, *args)
             return
-        with self.conn_or_acquire() as client:
-            if len(commands) == 1:
-                client.lpush(key, commands[0][2])
-                return
-            with client.pipeline() as pipe:
-                for name, *args in commands:
-                    getattr(pipe, name)(*args)
-                pipe.execute()
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for name, *args in commands + rings:
+                getattr(pipe, name)(*args)
+            results = pipe.execute(raise_on_error=False)
+        # The message is queued whatever became of its ring: a publish that raised for the
+        # ring alone would be retried, and the message queued twice.
+        for result in results[:len(commands)]:
+            if isinstance(result, Exception):
+                raise result
+        for result in results[len(commands):]:
+            if isinstance(result, Exception):
+                self.ring_failed(result)
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:

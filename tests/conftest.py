@@ -148,6 +148,13 @@ def worker_factory():
     yield start
     for worker in started:
         worker.stop()
+        # Captured: pytest shows it with a failing test's report.
+        print(f"--- worker {worker.proc.pid}, last {WORKER_TAIL_LINES} lines ---")
+        print("".join(list(worker.output)[-WORKER_TAIL_LINES:]))
+
+
+# Lines of each worker's output shown with a failing test.
+WORKER_TAIL_LINES = 80
 
 
 def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.1):

@@ -69,6 +69,7 @@ def test_hot_paths_benchmark_compares_each_with_what_it_replaced(redis_url):
     hotpaths_bench.run(report, messages=20, runs=40, tick_count=300, redis_url=redis_url)
 
     names = [figure.name for figure in report.figures]
-    assert len(names) == 8 and "kombu's QoS" in names[0] and "chain" in names[2]
+    assert len(names) == 11 and "kombu's QoS" in names[0] and "chain" in names[5]
+    assert "stock" in names[2] and "BRPOP" in names[3] and "fetch" in names[4]
     assert all(f.value > 0 for f in report.figures)
     assert all(f.ratio > 0 for f in report.figures if f.baseline)
