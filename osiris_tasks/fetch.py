@@ -58,6 +58,10 @@ BELL_TTL_S = 3600
 # for good, and a message pushed without a ring would never go).
 MIN_WAIT_MS, MAX_WAIT_MS = 1, 10_000
 
+# A fetched reply read this fraction of the visibility timeout after its fetch is checked
+# against the unacked hash before delivery (a restore may have taken it back).
+STALE_REPLY_FRACTION = 0.5
+
 # KEYS: the unacked index, the unacked hash, then the queues' list keys in the order to try.
 # ARGV: delivery time, delivery tag, then for each queue key its queue name as JSON, or "" for a
 # queue consumed without acks (popped, not recorded). Returns {position of the queue key (from
@@ -210,8 +214,22 @@ class ReliableFetch(kombu_redis.Channel):
                 self.qos.forget(bytes_to_str(tag))
             raise kombu_redis.Empty() from None
         if tag:
-            properties["delivery_tag"] = bytes_to_str(tag)
+            tag = properties["delivery_tag"] = bytes_to_str(tag)
+            if self._restored_meanwhile(tag):
+                raise kombu_redis.Empty()
         self.connection._deliver(payload, queue)
+        return True
+
+    def _restored_meanwhile(self, tag: str) -> bool:
+        """Whether the visibility timeout has restored this message while its reply waited
+        unread (kombu pauses reading while the worker has no credit): then it is back in its
+        queue, and delivering this copy too would run it twice."""
+        if monotonic() - self._brpop_sent_at < self.visibility_timeout * STALE_REPLY_FRACTION:
+            return False
+        if self._create_client().hexists(self.global_keyprefix + self.unacked_key, tag):
+            return False
+        logger.warning("a fetched message waited unread past the visibility timeout and was "
+                       "restored to its queue meanwhile: not delivering this copy (tag %s)", tag)
         return True
 
     def _poll_error(self, type: str, **options: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -363,3 +364,35 @@ def test_a_bell_expires_after_its_last_ring(redis_url: str, connection):
     bell = connection.default_channel.bell_key("osiris.test.ttl")
     assert client.xlen(bell) == 1
     assert 0 < client.ttl(bell) <= BELL_TTL_S
+
+
+@pytest.mark.parametrize("prefix", ["", "osiris-test:"])
+def test_a_reply_read_after_its_message_was_restored_is_not_delivered_twice(redis_url: str,
+                                                                            prefix: str):
+    """kombu leaves a reply unread while the worker has no credit. If that lasts past the
+    visibility timeout, the message is restored to its queue; the late reply must not deliver
+    a second copy of it."""
+    client = redis.Redis.from_url(redis_url)
+    queue = "osiris.test.late"
+    options = {"visibility_timeout": 1, "global_keyprefix": prefix}
+    with kombu.Connection(redis_url, transport=broker.TRANSPORT,
+                          transport_options=options) as conn:
+        with conn.Producer() as producer:
+            producer.publish({"n": 1}, routing_key=queue)
+        got: list = []
+        _consumer(conn, queue, got=got)
+        conn.transport.cycle.on_poll_start()  # the fetch goes out; its reply waits unread
+        assert wait_for(lambda: client.llen(prefix + queue) == 0, timeout_s=5)
+        time.sleep(1.1)
+        with kombu.Connection(redis_url, transport=broker.TRANSPORT,
+                              transport_options=options) as other:
+            other.default_channel.qos.restore_visible(num=10, interval=1)
+        assert client.llen(prefix + queue) == 1
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.5)
+        for _, message in got:
+            message.ack()
+    assert [(body, m.delivery_info["redelivered"]) for body, m in got] == [({"n": 1}, True)]
+    assert client.hlen(prefix + "unacked") == 0 and client.llen(prefix + queue) == 0
