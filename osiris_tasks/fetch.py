@@ -58,6 +58,9 @@ BELL_TTL_S = 3600
 # for good, and a message pushed without a ring would never go).
 MIN_WAIT_MS, MAX_WAIT_MS = 1, 10_000
 
+# Queue orders whose FETCH arguments a channel keeps (kombu's fair cycle makes one per queue).
+FETCH_ARGS_CACHED = 64
+
 # A fetched reply read this fraction of the visibility timeout after its fetch is checked
 # against the unacked hash before delivery (a restore may have taken it back).
 STALE_REPLY_FRACTION = 0.5
@@ -90,6 +93,7 @@ class ReliableFetch(kombu_redis.Channel):
     _fetch_waits = False  # the last fetch found nothing: wait on the bells next
     _pending: tuple[str, list[str]] | None = None  # the command in flight, its queues
     _bell_ids: dict[str, bytes] | None = None
+    _fetch_args_cache: dict[tuple[Any, ...], tuple[list[str], list[str], list[bytes]]] | None = None
     _no_ack_queues: frozenset[str] = frozenset()
     _brpop_only = False  # Redis refused the script or the streams: kombu's BRPOP from now on
     bells = True  # rings go with publishes and restores (off once Redis refused one)
@@ -152,16 +156,28 @@ class ReliableFetch(kombu_redis.Channel):
     def _fetch_command(self, queues: list[str]) -> list[Any]:
         if self._fetch_sha is None:
             self._fetch_sha = self._create_client().script_load(FETCH)
-        prefix = self.global_keyprefix
-        pairs = [(self._q_for_pri(queue, pri), queue) for pri in self.priority_steps
-                 for queue in queues]
-        self._pending = ("FETCH", [queue for _, queue in pairs])
-        keys = [prefix + self.unacked_index_key, prefix + self.unacked_key,
-                *(prefix + key for key, _ in pairs)]
-        names = [b"" if queue in self._no_ack_queues else orjson.dumps(queue)
-                 for _, queue in pairs]
+        order, keys, names = self._fetch_args(tuple(queues), self._no_ack_queues)
+        self._pending = ("FETCH", order)
         return ["EVALSHA", self._fetch_sha, len(keys), *keys, time(),
                 FETCHED_TAG_PREFIX + uuid4().hex, *names]
+
+    def _fetch_args(self, queues: tuple[str, ...], no_ack: frozenset[str],
+                    ) -> tuple[list[str], list[str], list[bytes]]:
+        """For `FETCH` over `queues`: each list key's queue, the keys, the queue names as
+        ARGV. Built once per queue order (the fair cycle repeats a few), not per fetch."""
+        if self._fetch_args_cache is None or len(self._fetch_args_cache) > FETCH_ARGS_CACHED:
+            self._fetch_args_cache = {}
+        args = self._fetch_args_cache.get((queues, no_ack))
+        if args is None:
+            prefix = self.global_keyprefix
+            pairs = [(self._q_for_pri(queue, pri), queue) for pri in self.priority_steps
+                     for queue in queues]
+            keys = [prefix + self.unacked_index_key, prefix + self.unacked_key,
+                    *(prefix + key for key, _ in pairs)]
+            names = [b"" if queue in no_ack else orjson.dumps(queue) for _, queue in pairs]
+            args = self._fetch_args_cache[(queues, no_ack)] = (
+                [queue for _, queue in pairs], keys, names)
+        return args
 
     def _wait_command(self, queues: list[str], timeout: float | None) -> list[Any]:
         if self._bell_ids is None:
