@@ -4,7 +4,10 @@ no latency (its own process); done when all K rows are in LanceDB.
 
 Baselines, measured in the same run: the in-process runner (b) doing the same I/O, and the
 naive Celery chain (`naive_app.py`: the run's shape as no-op tasks, Celery defaults, prefork
-x2). Worker layouts: one threads worker serving every queue; the production layout (the
+x2), and the floor chain (`floor_app.py`: the same no-op tasks on this project's Celery
+configuration, two threads x2 workers, the cheapest of the layouts tried), whose CPU per run
+is what 7 tasks cost with no work in them: the pipeline's CPU per run is reported against it.
+Worker layouts: one threads worker serving every queue; the production layout (the
 `workers/osiris.default` and `workers/osiris.sidecar` pools, one process each); two threads
 workers serving every queue (one per core); prefork x2. Each figure carries the CPU per run of
 the workers, Redis, the sidecar and this process (which submits): where the two cores go.
@@ -19,11 +22,11 @@ import time
 
 import redis
 
-from osiris_tasks import app, configure, submit_run
+from osiris_tasks import app, configure, results, submit_run
 from osiris_tasks.celery_app import DEFAULT_QUEUE, SIDECAR_QUEUE, TTS_QUEUE
 from osiris_tasks.store import RUNS_TABLE, RunStore
 
-from . import naive_app
+from . import floor_app, naive_app
 from .batches import run_states
 from .env import Worker, bench_settings, cpu_s, sidecar_process
 from .report import Figure, Report
@@ -53,35 +56,64 @@ def run(report: Report, *, runs: int, redis_url: str, baseline: Figure | None,
         timeout_s: float = 600.0) -> None:
     client = redis.Redis.from_url(redis_url)
     redis_pid = int(client.info("server")["process_id"])
-    naive = _naive(report, client, runs, redis_url, timeout_s)
+    (naive, _), (_, floor_cpu) = (
+        _noop_chain(report, label, client, runs, redis_url, timeout_s, redis_pid)
+        for label in NOOP_CHAINS)
     with sidecar_process() as sidecar_url:
         for label, worker_args in LAYOUTS.items():
             client.flushdb()
             with tempfile.TemporaryDirectory(prefix="osiris-bench-celery-") as workdir:
                 settings = bench_settings(redis_url, sidecar_url, workdir)
                 _layout(report, settings, label, worker_args, runs, timeout_s,
-                        baselines=(baseline, naive),
+                        baselines=(baseline, naive, floor_cpu),
                         pids={"redis": redis_pid, "sidecar": sidecar_url.pid})
     client.close()
 
 
-def _naive(report: Report, client: redis.Redis, runs: int, redis_url: str,
-           timeout_s: float) -> Figure:
-    """Runs/s of the naive chain (Celery defaults, prefork x2): the issue's baseline."""
-    naive_app.app.conf.update(broker_url=redis_url, result_backend=redis_url)
-    with tempfile.TemporaryDirectory() as workdir, \
-            Worker(bench_settings(redis_url, "http://unused", workdir), "--pool", "prefork",
-                   "--concurrency", "2", app_module="benchmarks.naive_app") as worker:
-        worker.wait_ready(naive_app.app)
-        spent = _until(lambda: int(client.get(naive_app.DONE_KEY) or 0),
-                       lambda: [naive_app.naive_run().apply_async() for _ in range(runs)],
-                       runs, timeout_s)
-    return report.add(NAME, f"naive chain (no-op tasks, Celery defaults, prefork x2), burst "
-                      f"of {runs}", runs / spent, "runs/s", runs=runs)
+# The no-op chains: label -> (app module, worker arguments per process).
+NOOP_CHAINS = {
+    "naive chain (no-op tasks, Celery defaults, prefork x2)": (
+        naive_app, [("--pool", "prefork", "--concurrency", "2")]),
+    # Ad hoc, CPU per run in two rounds: 2 workers threads x2 10.9 / 13.5 ms; prefork x2 11.3 /
+    # 14.2; 1 worker threads x16 12.0 / 15.0; 2 workers threads x8 15.8 / 19.2.
+    "floor chain (no-op tasks, this project's Celery configuration, 2 workers threads x2)": (
+        floor_app, [("-Q", DEFAULT_QUEUE, "--pool", "threads", "--concurrency", "2")] * 2),
+}
+
+
+def _noop_chain(report: Report, label: str, client: redis.Redis, runs: int, redis_url: str,
+                timeout_s: float, redis_pid: int) -> tuple[Figure, Figure]:
+    """Runs/s of a no-op chain (`naive_app`: the issue's baseline; `floor_app`: the least
+    7 tasks cost as this project runs Celery), and its CPU per run, all processes."""
+    module, worker_args = NOOP_CHAINS[label]
+    module.app.conf.update(broker_url=redis_url, result_backend=results.backend_url(redis_url)
+                           if module is floor_app else redis_url)
+    with contextlib.ExitStack() as stack:
+        workdir = stack.enter_context(tempfile.TemporaryDirectory())
+        settings = bench_settings(redis_url, "http://unused", workdir)
+        workers = [stack.enter_context(Worker(settings, *args, app_module=module.__name__))
+                   for args in worker_args]
+        for worker in workers:
+            worker.wait_ready(module.app)
+        processes = {"redis": redis_pid, BENCH: os.getpid(),
+                     **{f"worker {i + 1}": w.proc.pid for i, w in enumerate(workers)}}
+        done = lambda: int(client.get(module.DONE_KEY) or 0)  # noqa: E731
+        submit = lambda n: [module.submit() for _ in range(n)]  # noqa: E731
+        _until(done, lambda: submit(2), 2, timeout_s)  # warm-up: connections, imports
+        before = {name: _cpu_s(name, pid) for name, pid in processes.items()}
+        spent = _until(done, lambda: submit(runs), runs, timeout_s)
+        cpu_ms = {name: round((_cpu_s(name, pid) - before[name]) / runs * 1000, 2)
+                  for name, pid in processes.items()}
+    module.app.backend.result_consumer.stop()  # closes its subscriptions to the runs' results
+    rate = report.add(NAME, f"{label}, burst of {runs}", runs / spent, "runs/s", runs=runs)
+    cpu = report.add(NAME, f"{label.split(' (')[0]}: CPU per run, all processes",
+                     round(sum(cpu_ms.values()), 2), "ms", **cpu_ms)
+    return rate, cpu
 
 
 def _layout(report: Report, settings, label: str, worker_args, runs: int, timeout_s: float,
-            *, baselines: tuple[Figure | None, Figure], pids: dict[str, int]) -> None:
+            *, baselines: tuple[Figure | None, Figure, Figure],
+            pids: dict[str, int]) -> None:
     configure(app, settings)
     store = RunStore(settings.lancedb_uri)
     with contextlib.ExitStack() as stack:
@@ -97,7 +129,7 @@ def _layout(report: Report, settings, label: str, worker_args, runs: int, timeou
                   for name, pid in processes.items()}
         fragments = store.stats(RUNS_TABLE)["fragments"]
     store.close()
-    runner, naive = baselines
+    runner, naive, floor_cpu = baselines
     rate = runs / spent
     report.add(NAME, f"burst of {runs} runs, {label}", rate, "runs/s", baseline=runner,
                runs=runs, layout=label, cpu_ms_per_run=cpu_ms,
@@ -105,7 +137,7 @@ def _layout(report: Report, settings, label: str, worker_args, runs: int, timeou
     report.add(NAME, f"burst of {runs} runs, {label}, vs naive chain", rate, "runs/s",
                baseline=naive, runs=runs)
     report.add(NAME, f"{label}: CPU per run, all processes", sum(cpu_ms.values()), "ms",
-               **cpu_ms)
+               baseline=floor_cpu, **cpu_ms)
 
 
 def _cpu_s(name: str, pid: int) -> float:

@@ -19,13 +19,15 @@ and three processes on a loaded machine: 3 of 22 runs lost one batch, `add()` re
 normally). So `Settings` refuses a cut-off under 60 s; 0 is for a store with one writer only.
 A reader still on a version older than the cut-off fails and reopens (`RunStore` retries it).
 
-`RunStore.maintain()` runs this under a lock, so one process does it at a time.
+`RunStore.maintain()` runs this under a lock, so one process does it at a time (the writers'
+scheduled runs in a maintenance process of their own: see `store.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,7 @@ from lancedb.index import BTree
 if TYPE_CHECKING:
     from lancedb.table import LanceTable
 
-__all__ = ["ensure_indices", "optimize_table", "table_stats"]
+__all__ = ["ensure_indices", "log_optimized", "optimize_table", "table_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +73,13 @@ def optimize_table(
     created = ensure_indices(handle, index_columns)
     handle.optimize(cleanup_older_than=timedelta(seconds=cleanup_older_than_s))
     after = table_stats(handle)
-    elapsed_s = time.perf_counter() - started
-    log.info("optimized %s in %.2f s: fragments %s -> %s, versions %s -> %s, new indices %s",
-             handle.name, elapsed_s, before["fragments"], after["fragments"],
-             before["versions"], after["versions"], created or "none")
-    return {"table": handle.name, "seconds": elapsed_s, "before": before, "after": after,
-            "indices_created": created}
+    return {"table": handle.name, "seconds": time.perf_counter() - started, "before": before,
+            "after": after, "indices_created": created}
+
+
+def log_optimized(done: Mapping[str, Any], where: str) -> None:
+    """Log what `optimize_table` did (it may have run in another process)."""
+    before, after = done["before"], done["after"]
+    log.info("optimized %s %s in %.2f s: fragments %s -> %s, versions %s -> %s, new indices %s",
+             done["table"], where, done["seconds"], before["fragments"], after["fragments"],
+             before["versions"], after["versions"], done["indices_created"] or "none")

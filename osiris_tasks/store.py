@@ -26,7 +26,9 @@ Guarantees, and what they rest on:
   `maintain_every_commits` commits to a table (counted in Redis across processes), the store
   runs `maintain()` on a background thread: compaction, cleanup of versions older than
   `cleanup_older_than_s`, index update (`maintenance.py`), under a non-blocking lock so one
-  process does it at a time.
+  process does it at a time. The thread hands the work to a maintenance process of the
+  store's own (`maintenance_process.py`), so the memory a compaction takes is never the
+  writer's.
 * **Table creation is serialized** under the same kind of lock: lance turns a losing
   concurrent `create_table` into an overwrite, which can silently erase a row another process
   has just appended.
@@ -73,7 +75,8 @@ from .claims import (
 )
 from .errors import StoreError
 from .ids import utc_iso
-from .maintenance import ensure_indices, optimize_table, table_stats
+from .maintenance import ensure_indices, log_optimized, optimize_table, table_stats
+from .maintenance_process import MaintenanceProcess
 
 if TYPE_CHECKING:
     import redis
@@ -128,6 +131,10 @@ CLAIM_POLL_MAX_S = 0.2
 DEFAULT_MAINTAIN_EVERY_COMMITS = 100
 # Maintenance deletes versions older than this; a reader still on one fails and retries.
 DEFAULT_CLEANUP_OLDER_THAN_S = 120.0
+# Scheduled maintenance runs in a process of the store's own (`maintenance_process.py`),
+# replaced after this many runs and stopped after this long without one.
+MAINTENANCE_PROCESS_RUNS = 10
+MAINTENANCE_PROCESS_IDLE_S = 60.0
 # A maintenance lock lives this long unless renewed (every third of it while maintenance
 # runs): a process killed mid-maintenance blocks its table's maintenance this long, not for
 # as long as the slowest compaction may take (it was 900 s: 4500 fragments piled up behind the
@@ -500,13 +507,16 @@ class RunStore:
 
     # -- maintenance ----------------------------------------------------------------------
 
-    def maintain(self, table: str | None = None) -> list[dict[str, Any]]:
+    def maintain(self, table: str | None = None, *,
+                 in_process: bool = True) -> list[dict[str, Any]]:
         """Compact, clean up and index `table` (default: both); what was done, per table.
+        With `in_process=False`, the store's maintenance process does the work.
 
         A table another process (or thread) is maintaining right now is skipped, not waited
         for. Safe while other processes append (see `maintenance.py`).
         """
         names = list(_TABLES) if table is None else [table]
+        optimize = self._optimize_here if in_process else self._optimize_there
         done = []
         for name in names:
             _check_table(name)
@@ -514,11 +524,20 @@ class RunStore:
                 if not held:
                     log.info("%s: maintenance already running elsewhere, skipped", name)
                     continue
-                done.append(self._retry(name, None, lambda n=name: optimize_table(
-                    self._table(n), cleanup_older_than_s=self._cleanup_older_than_s,
-                    index_columns=_TABLES[n].indexed)))
+                done.append(self._retry(name, None, partial(optimize, name)))
+                log_optimized(done[-1], "here" if in_process else "in the maintenance process")
         self._drop_connection()  # its caches hold entries of the versions just cleaned up
         return done
+
+    def _optimize_here(self, name: str) -> dict[str, Any]:
+        return optimize_table(self._table(name), cleanup_older_than_s=self._cleanup_older_than_s,
+                              index_columns=_TABLES[name].indexed)
+
+    def _optimize_there(self, name: str) -> dict[str, Any]:
+        """`_optimize_here` in the maintenance process; a RuntimeError (retried) if it died."""
+        self._table(name)  # created here, under the creation lock, if it is not yet
+        return self._maintenance_process.call(_optimize_at, self.uri, name,
+                                              self._cleanup_older_than_s)
 
     def stats(self, table: str) -> dict[str, Any]:
         """Rows, fragments, versions, indices and data bytes of `table`'s latest version."""
@@ -558,7 +577,7 @@ class RunStore:
 
     def _maintain_logged(self, table: str) -> None:
         try:
-            self.maintain(table)
+            self.maintain(table, in_process=False)
         except StoreError as exc:  # the next scheduled run tries again
             log.warning("%s: maintenance failed: %s", table, exc)
 
@@ -570,6 +589,7 @@ class RunStore:
         for maintainer in list(self._maintainers.values()):
             if maintainer is not threading.current_thread():
                 maintainer.join()
+        self._maintenance_process.close()
         self._drop_connection()
 
     def _drop_connection(self) -> None:
@@ -594,6 +614,9 @@ class RunStore:
         self._commits = {name: itertools.count(1) for name in _TABLES}
         self._maintaining = {name: threading.Lock() for name in _TABLES}
         self._maintainers: dict[str, threading.Thread] = {}  # by table
+        # Not the parent's, if forked: its pipes are the parent's.
+        self._maintenance_process = MaintenanceProcess(max_calls=MAINTENANCE_PROCESS_RUNS,
+                                                       idle_s=MAINTENANCE_PROCESS_IDLE_S)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -602,10 +625,7 @@ class RunStore:
         with self._cache_lock:
             if name not in self._tables:
                 if self._db is None:
-                    self._db = lancedb.connect(
-                        self.uri, read_consistency_interval=timedelta(0),
-                        session=lancedb.Session(index_cache_size_bytes=INDEX_CACHE_BYTES,
-                                                metadata_cache_size_bytes=METADATA_CACHE_BYTES))
+                    self._db = _connect(self.uri)
                 with self._create_lock(name):
                     spec = _TABLES[name]
                     handle = self._db.create_table(name, schema=spec.schema, exist_ok=True)
@@ -703,6 +723,20 @@ class RunStore:
             raise StoreError(
                 f"lock {lock.name} still held after {self._lock_timeout_s}s", run_id=run_id
             )
+
+
+def _connect(uri: str) -> lancedb.DBConnection:
+    return lancedb.connect(
+        uri, read_consistency_interval=timedelta(0),
+        session=lancedb.Session(index_cache_size_bytes=INDEX_CACHE_BYTES,
+                                metadata_cache_size_bytes=METADATA_CACHE_BYTES))
+
+
+def _optimize_at(uri: str, name: str, cleanup_older_than_s: float) -> dict[str, Any]:
+    """Maintain table `name` of the store at `uri` (run in the maintenance process)."""
+    return optimize_table(_connect(uri).open_table(name),
+                          cleanup_older_than_s=cleanup_older_than_s,
+                          index_columns=_TABLES[name].indexed)
 
 
 def maintenance_lock_name(uri: str, table: str) -> str:

@@ -73,3 +73,25 @@ def test_hot_paths_benchmark_compares_each_with_what_it_replaced(redis_url):
     assert "stock" in names[2] and "BRPOP" in names[3] and "fetch" in names[4]
     assert all(f.value > 0 for f in report.figures)
     assert all(f.ratio > 0 for f in report.figures if f.baseline)
+
+
+def test_floor_chain_runs_the_naive_canvas_on_the_projects_celery_configuration(redis_url):
+    import redis
+
+    from benchmarks import celery_bench
+
+    report = Report(quick=True)
+    client = redis.Redis.from_url(redis_url)
+    label = next(label for label in celery_bench.NOOP_CHAINS if label.startswith("floor"))
+    pid = int(client.info("server")["process_id"])
+    done_before = int(client.get("bench:floor:done") or 0)
+
+    rate, cpu = celery_bench._noop_chain(report, label, client, 3, redis_url, 60.0, pid)
+
+    assert rate.value > 0 and cpu.value > 0
+    assert set(cpu.params) == {"redis", celery_bench.BENCH, "worker 1", "worker 2"}
+    # Every run reached its last task: the warm-up's 2 and the 3 measured.
+    assert int(client.get("bench:floor:done")) - done_before == 5
+    # Its subscriptions to the runs' results are gone (later tests count Pub/Sub clients).
+    assert not client.pubsub_channels()
+    client.close()

@@ -6,6 +6,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import time
 
@@ -686,3 +687,32 @@ def test_a_replay_looks_up_a_key_whose_mark_aged_out(redis_store, redis_client):
 
     assert not redis_store.record_run(_run("run-1"), recheck=True)
     assert redis_store.count(RUNS_TABLE) == 1
+
+
+@NO_OLD_VERSIONS
+def test_maintenance_process_does_the_work_and_a_dead_one_is_replaced(uri, caplog):
+    store = RunStore(uri, maintain_every_commits=0, cleanup_older_than_s=0)
+    for i in range(3):
+        store.record_run(_run(f"run-{i}"))
+
+    with caplog.at_level(logging.INFO, logger="osiris_tasks.maintenance"):
+        done = store.maintain(RUNS_TABLE, in_process=False)
+
+    assert [entry["table"] for entry in done] == [RUNS_TABLE]
+    assert done[0]["before"]["fragments"] == 3 and done[0]["after"]["fragments"] == 1
+    assert "in the maintenance process" in caplog.text
+    pid = store._maintenance_process.pid  # the work ran there, not here
+    assert pid not in (None, os.getpid())
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)  # the pool notices its process is gone
+    store.record_run(_run("run-3"))
+
+    with caplog.at_level(logging.WARNING, logger="osiris_tasks.store"):
+        done = store.maintain(RUNS_TABLE, in_process=False)  # a new process, after a retry
+
+    assert "process pool is not usable" in caplog.text
+    assert done[0]["before"]["fragments"] == 2  # it saw the row written since
+    assert store._maintenance_process.pid not in (None, pid)
+    assert store.count(RUNS_TABLE) == 4
+    store.close()
+    assert store._maintenance_process.pid is None
