@@ -98,6 +98,21 @@ def cpu_s(pid: int, *, children: bool = True) -> float:
     return own + sum(cpu_s(child) for child in _children(tasks))
 
 
+def children_rss_mb(pid: int) -> float:
+    """The summed RSS of process `pid`'s live children (a worker's maintenance process), MB."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    total_kb = 0
+    for child in _children(tasks):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+    return round(total_kb / 1024, 1)
+
+
 def _children(tasks: list[Path]) -> list[int]:
     """Child pids of these threads; a thread that exited meanwhile has none (a worker's
     short-lived threads, such as the store's maintenance, come and go: reading a gone

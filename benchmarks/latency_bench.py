@@ -55,7 +55,14 @@ from osiris_tasks.store import RUNS_TABLE, RunStore
 
 from .batches import TICKS_PER_RUN, run_states
 from .bridge_bench import rss_mb
-from .env import Worker, bench_settings, embedded_redis, memory_env, sidecar_process
+from .env import (
+    Worker,
+    bench_settings,
+    children_rss_mb,
+    embedded_redis,
+    memory_env,
+    sidecar_process,
+)
 from .report import RESULTS_DIR, Figure, Report
 
 __all__ = ["FULL", "QUICK", "AdviceListener", "Sizes", "main", "run"]
@@ -444,7 +451,7 @@ def _memory_figures(report: Report, sizes: Sizes, redis_url: str, sidecar_url: s
 def _worker_rss(sizes: Sizes, redis_url: str, sidecar_url: str, listener: AdviceListener,
                 jemalloc: bool) -> tuple[list[float], dict[str, Any]]:
     step = sizes.memory_runs // MEMORY_STEPS
-    samples = []
+    samples, maintenance = [], []
     with tempfile.TemporaryDirectory(prefix="osiris-bench-memory-") as workdir:
         settings = bench_settings(redis_url, sidecar_url, workdir)
         configure(app, settings)
@@ -456,6 +463,7 @@ def _worker_rss(sizes: Sizes, redis_url: str, sidecar_url: str, listener: Advice
                 states = run_states(step, seed=MEMORY_SEED + index)
                 _submit_paced(states, listener, sizes.memory_inflight)
                 samples.append(round(rss_mb(worker.proc.pid), 1))
+                maintenance.append(children_rss_mb(worker.proc.pid))
             spent_s = time.perf_counter() - started
             table = _table_stats(workdir, step * MEMORY_STEPS)
     runs, half = step * MEMORY_STEPS, MEMORY_STEPS // 2
@@ -463,7 +471,9 @@ def _worker_rss(sizes: Sizes, redis_url: str, sidecar_url: str, listener: Advice
     slope = (samples[-1] - samples[half - 1]) / (step * half) * 1000
     return samples, {"step": step, "runs": runs, "idle_mb": round(idle_mb, 1),
                      "mb_per_1k_runs": round(slope, 2), "runs_per_s": round(runs / spent_s, 1),
-                     "max_inflight": sizes.memory_inflight, "runs_table": table}
+                     "max_inflight": sizes.memory_inflight, "runs_table": table,
+                     # the store's maintenance process, at each sample (0: none running)
+                     "maintenance_process_rss_mb": maintenance}
 
 
 def _table_stats(uri: str, runs: int) -> dict[str, Any]:

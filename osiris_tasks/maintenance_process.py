@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -109,7 +110,10 @@ class MaintenanceProcess:
 
 
 def _exit_with_parent(parent_pid: int) -> None:
-    """In the maintenance process: exit once the process that started it is gone."""
+    """In the maintenance process: exit once the process that started it is gone. Ctrl-C in
+    a terminal reaches the whole process group: the parent decides when this one stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(PARENT_CHECK_S)
