@@ -53,7 +53,7 @@ from osiris_tasks.celery_app import QUEUES
 from osiris_tasks.processes import terminate
 from osiris_tasks.sim import synthetic_ticks
 
-from .env import REPO, bench_settings, worker_env
+from .env import REPO, bench_settings, rss_mb, worker_env
 from .report import Figure, Report
 
 __all__ = ["FULL", "QUICK", "TINY", "Sizes", "run"]
@@ -296,14 +296,6 @@ class BridgeProcess:
     def __exit__(self, *exc) -> None:
         self._shut_down()
         self._client.close()
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of process `pid`, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def check_no_loss(counters: dict[str, int], published: int) -> None:

@@ -28,7 +28,7 @@ from osiris_tasks.store import RUNS_TABLE, RunStore
 
 from . import floor_app, naive_app
 from .batches import run_states
-from .env import Worker, bench_settings, cpu_s, sidecar_process
+from .env import Worker, bench_settings, cpu_s, redis_pid, sidecar_process
 from .report import Figure, Report
 
 NAME = "celery"
@@ -55,9 +55,9 @@ LAYOUTS = {
 def run(report: Report, *, runs: int, redis_url: str, baseline: Figure | None,
         timeout_s: float = 600.0) -> None:
     client = redis.Redis.from_url(redis_url)
-    redis_pid = int(client.info("server")["process_id"])
+    server_pid = redis_pid(redis_url)
     (naive, _), (_, floor_cpu) = (
-        _noop_chain(report, label, client, runs, redis_url, timeout_s, redis_pid)
+        _noop_chain(report, label, client, runs, redis_url, timeout_s, server_pid)
         for label in NOOP_CHAINS)
     with sidecar_process() as sidecar_url:
         for label, worker_args in LAYOUTS.items():
@@ -66,7 +66,7 @@ def run(report: Report, *, runs: int, redis_url: str, baseline: Figure | None,
                 settings = bench_settings(redis_url, sidecar_url, workdir)
                 _layout(report, settings, label, worker_args, runs, timeout_s,
                         baselines=(baseline, naive, floor_cpu),
-                        pids={"redis": redis_pid, "sidecar": sidecar_url.pid})
+                        pids={"redis": server_pid, "sidecar": sidecar_url.pid})
     client.close()
 
 
@@ -82,7 +82,7 @@ NOOP_CHAINS = {
 
 
 def _noop_chain(report: Report, label: str, client: redis.Redis, runs: int, redis_url: str,
-                timeout_s: float, redis_pid: int) -> tuple[Figure, Figure]:
+                timeout_s: float, server_pid: int) -> tuple[Figure, Figure]:
     """Runs/s of a no-op chain (`naive_app`: the issue's baseline; `floor_app`: the least
     7 tasks cost as this project runs Celery), and its CPU per run, all processes."""
     module, worker_args = NOOP_CHAINS[label]
@@ -95,7 +95,7 @@ def _noop_chain(report: Report, label: str, client: redis.Redis, runs: int, redi
                    for args in worker_args]
         for worker in workers:
             worker.wait_ready(module.app)
-        processes = {"redis": redis_pid, BENCH: os.getpid(),
+        processes = {"redis": server_pid, BENCH: os.getpid(),
                      **{f"worker {i + 1}": w.proc.pid for i, w in enumerate(workers)}}
         done = lambda: int(client.get(module.DONE_KEY) or 0)  # noqa: E731
         submit = lambda n: [module.submit() for _ in range(n)]  # noqa: E731

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import redis
+
 from osiris_tasks.embedded_redis import EmbeddedRedis, free_port
 from osiris_tasks.processes import terminate
 from osiris_tasks.reference_sidecar import Faults, make_server
@@ -98,19 +100,34 @@ def cpu_s(pid: int, *, children: bool = True) -> float:
     return own + sum(cpu_s(child) for child in _children(tasks))
 
 
+def rss_mb(pid: int) -> float:
+    """Resident set size of process `pid`, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
 def children_rss_mb(pid: int) -> float:
     """The summed RSS of process `pid`'s live children (a worker's maintenance process), MB."""
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
-    total_kb = 0
+    total = 0.0
     for child in _children(tasks):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            for line in Path(f"/proc/{child}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-    return round(total_kb / 1024, 1)
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # exited meanwhile
+            total += rss_mb(child)
+    return round(total, 1)
+
+
+def redis_pid(redis_url: str) -> int:
+    """The pid of the Redis server at `redis_url` (its CPU is counted per run)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
 
 
 def _children(tasks: list[Path]) -> list[int]:

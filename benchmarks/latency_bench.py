@@ -54,13 +54,13 @@ from osiris_tasks.runner import InProcessRunner
 from osiris_tasks.store import RUNS_TABLE, RunStore
 
 from .batches import TICKS_PER_RUN, run_states
-from .bridge_bench import rss_mb
 from .env import (
     Worker,
     bench_settings,
     children_rss_mb,
     embedded_redis,
     memory_env,
+    rss_mb,
     sidecar_process,
 )
 from .report import RESULTS_DIR, Figure, Report

@@ -11,13 +11,11 @@ import os
 import tempfile
 from collections import Counter
 
-import redis
-
 from osiris_tasks.resources import Resources
 from osiris_tasks.runner import InProcessRunner
 
 from .batches import run_states
-from .env import bench_settings, cpu_s
+from .env import bench_settings, cpu_s, redis_pid
 from .report import Figure, Report, timed
 
 NAME = "runner"
@@ -31,7 +29,7 @@ def run(report: Report, *, runs: int, redis_url: str, sidecar_url: str) -> Figur
         runner.run(run_states(1, seed=99, accepted=True)[0])  # warm-up: tables, connections
         states = run_states(runs, accepted=True)
         pids = {"bench (runs)": os.getpid(), "sidecar": sidecar_url.pid,
-                "redis": _redis_pid(redis_url)}
+                "redis": redis_pid(redis_url)}
         before = {name: cpu_s(pid, children=False) for name, pid in pids.items()}
         finals, spent = timed(lambda: [runner.run(state) for state in states])
         cpu_ms = {name: round((cpu_s(pid, children=False) - before[name]) / runs * 1000, 2)
@@ -45,10 +43,3 @@ def run(report: Report, *, runs: int, redis_url: str, sidecar_url: str) -> Figur
                "Celery)", round(sum(cpu_ms.values()), 2), "ms", **cpu_ms)
     return figure
 
-
-def _redis_pid(redis_url: str) -> int:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return int(client.info("server")["process_id"])
-    finally:
-        client.close()
