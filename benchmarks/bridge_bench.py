@@ -15,10 +15,13 @@ restored afterwards), so Redis holds the backlog instead of disconnecting the su
 
 - baseline: `redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)` and a
   `get_message(timeout=...)` loop that only counts (hiredis parser).
-- measured: `python -m osiris_tasks.cli bridge` in its own process, `ticks_per_proposal`
-  ticks per run, submitting every run with the real `submit_run` to the broker (no worker:
-  the messages queue in Redis). Done when every run is in the broker's queues; then the bridge
-  is stopped (SIGTERM) and its final counters (`osiris:bridge:stats`) must show no loss.
+- measured: `python -m osiris_tasks.cli bridge` in its own process, started as the Procfile
+  and docker-compose.yml start it (glibc malloc, not the worker profiles' jemalloc: under
+  jemalloc the bridge's RSS swung with each burst, +10 to +20 MB in four runs, against +0.2
+  and -0.3 MB with glibc), `ticks_per_proposal` ticks per run, submitting every run with the
+  real `submit_run` to the broker (no worker: the messages queue in Redis). Done when every
+  run is in the broker's queues; then the bridge is stopped (SIGTERM) and its final counters
+  (`osiris:bridge:stats`) must show no loss.
 
 Sustained: the bridge again, ticks published at a steady 0.8 x the baseline's rate with the
 default buffer limits; ticks lost = published - `ticks_received`.
@@ -53,7 +56,7 @@ from osiris_tasks.celery_app import QUEUES
 from osiris_tasks.processes import terminate
 from osiris_tasks.sim import synthetic_ticks
 
-from .env import REPO, bench_settings, rss_mb, worker_env
+from .env import REPO, bench_settings, process_env, rss_mb
 from .report import Figure, Report
 
 __all__ = ["FULL", "QUICK", "TINY", "Sizes", "run"]
@@ -219,7 +222,7 @@ class BridgeProcess:
             [sys.executable, "-m", "osiris_tasks.cli", "bridge", "--redis_url", redis_url,
              "--market_channel", CHANNEL, "--ticks_per_proposal", str(ticks_per_proposal),
              "--log_level", "WARNING"],
-            cwd=REPO, env=worker_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=REPO, env=process_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
     def wait_subscribed(self, timeout_s: float = START_TIMEOUT_S) -> None:

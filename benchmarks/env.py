@@ -24,7 +24,7 @@ from osiris_tasks.settings import Settings
 
 __all__ = [
     "Worker", "bench_settings", "cpu_s", "du_bytes", "embedded_redis", "sidecar",
-    "sidecar_process", "worker_env",
+    "process_env", "sidecar_process", "worker_env",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,9 +165,9 @@ def memory_env(jemalloc: bool = True) -> dict[str, str]:
             **({"LD_PRELOAD": preload} if preload else {})}
 
 
-def worker_env(settings: Settings, *, jemalloc: bool = True) -> dict[str, str]:
-    """The environment that makes a worker subprocess read `settings`, with the worker
-    profiles' allocator settings."""
+def process_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes an `osiris` subprocess read `settings`, with the allocator
+    it inherits: how the Procfile and docker-compose.yml start the bridge."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OSIRIS_", "CELERY_",
                                                                    "OTEL_"))}
     env.update({
@@ -176,9 +176,14 @@ def worker_env(settings: Settings, *, jemalloc: bool = True) -> dict[str, str]:
         "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
         "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
         "PYTHONUNBUFFERED": "1",
-        **memory_env(jemalloc),  # cached: one `sh` per allocator, not per worker
     })
     return env
+
+
+def worker_env(settings: Settings, *, jemalloc: bool = True) -> dict[str, str]:
+    """`process_env(settings)` with the worker profiles' allocator settings."""
+    # memory_env is cached: one `sh` per allocator, not per worker.
+    return {**process_env(settings), **memory_env(jemalloc)}
 
 
 class Worker:

@@ -13,9 +13,10 @@ Each figure carries the workers' CPU per call, from which one more worker machin
 
 A round ends when the queue and kombu's unacked hash are empty and the workers' task counters
 show every call run; if the counters stay short, the shortfall is reported (`never_ran`, and a
-note): kombu's Redis transport takes a message off the queue (BRPOP) before it records it as
-unacknowledged, and a message in that window can be lost (celery/celery#4354, #7950); two
-rounds in about 70 of this pause-and-resume flow at 64 slots (2026-12-02) ended one call short.
+note). Two rounds in about 70 of this pause-and-resume flow at 64 slots (2026-12-02) ended one
+call short with kombu's stock fetch, which takes a message off the queue (BRPOP) before it
+records it as unacknowledged (celery/celery#4354, #7950); this project's fetch (fetch.py) does
+both in one step, so a shortfall now means something else lost a call.
 
 Each rate is the median of `ROUNDS` rounds of `CALLS_PER_SLOT` calls per slot (about 3 s at the
 ideal rate), the workers started once: resuming a paused pool costs a fixed ~0.1 s ramp before

@@ -127,13 +127,14 @@ def initial_state(
     created_at: float | None = None, ttl_s: float | None = None, copy_ticks: bool = True,
 ) -> dict[str, Any]:
     """The state a run starts with; it holds copies of `ticks`, or, with `copy_ticks=False`,
-    the caller's tick dicts themselves (the bridge's own, which nothing else holds)."""
+    the caller's `ticks` sequence itself (the bridge's `EncodedList`, which nothing else
+    holds)."""
     created_at = time.time() if created_at is None else created_at
     return {
         "run_id": run_id or new_run_id(created_at),
         "created_at": created_at,
         "ttl_s": ttl_s,
-        "ticks": [dict(t) for t in ticks] if copy_ticks else list(ticks),
+        "ticks": [dict(t) for t in ticks] if copy_ticks else ticks,
         "errors": [],
         "timings_ms": {},
     }

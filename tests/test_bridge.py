@@ -19,6 +19,7 @@ from conftest import wait_for
 from osiris_tasks.bridge import ADVICE_CHANNEL, STATS_KEY, Bridge, BridgeConfig, reason_key
 from osiris_tasks.embedded_redis import EmbeddedRedis
 from osiris_tasks.errors import ConfigError
+from osiris_tasks.serialization import EncodedList
 from osiris_tasks.sim import publish, synthetic_ticks
 
 CHANNEL = "market.ticks"
@@ -94,6 +95,8 @@ def test_one_batch_per_symbol(redis_url):
     # at stop the 5 buffered AAPL ticks became a run of their own
     assert [len(r["ticks"]) for r in runs] == [10, 10, 10, 10, 5]
     assert [t["close"] for t in runs[4]["ticks"]] == [120.0 + i for i in range(5)]
+    # held as their JSON while they wait for the submitter: a third of their dicts' memory
+    assert all(isinstance(r["ticks"], EncodedList) for r in runs)
 
 
 def test_one_mixed_buffer_when_not_grouped(redis_url):

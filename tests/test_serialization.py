@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -15,7 +16,7 @@ from pipeline_helpers import ACCEPTED_BATCH
 
 from osiris_tasks.celery_app import app
 from osiris_tasks.nodes import query_market
-from osiris_tasks.serialization import CONTENT_TYPE, SERIALIZER, dumps, loads
+from osiris_tasks.serialization import CONTENT_TYPE, SERIALIZER, EncodedList, dumps, loads
 from osiris_tasks.state import initial_state
 
 
@@ -55,3 +56,27 @@ def test_registered_for_application_json_and_used_for_tasks():
     with pytest.raises(ContentDisallowed):  # still JSON only
         serialization.loads(b"\x80\x04N.", "application/x-python-serialize", "binary",
                             accept={"application/json"})
+
+
+def test_an_encoded_list_goes_into_the_message_as_the_list_would():
+    ticks = a_state()["ticks"]
+    encoded = EncodedList(ticks)
+    assert len(encoded) == len(ticks) and list(encoded) == ticks and encoded[-1] == ticks[-1]
+    assert encoded == ticks and encoded == EncodedList(tuple(ticks)) and encoded != ticks[:-1]
+    state = {"run_id": "run_x", "ticks": ticks}
+    assert dumps({**state, "ticks": encoded}) == dumps(state)  # byte for byte
+    content_type, encoding, body = serialization.dumps({**state, "ticks": encoded},
+                                                       serializer=SERIALIZER)
+    assert serialization.loads(body, content_type, encoding) == state
+
+
+def test_an_encoded_list_holds_no_more_than_its_text():
+    ticks = a_state()["ticks"] * 20
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = [EncodedList(ticks) for _ in range(20)]
+        per_list = (tracemalloc.get_traced_memory()[0] - before) / len(held)
+    finally:
+        tracemalloc.stop()
+    assert per_list < 1.1 * len(held[0].json)  # orjson's own bytes are ~2x their text
