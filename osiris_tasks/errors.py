@@ -1,6 +1,6 @@
 """The osiris_tasks error tree.
 
-Library errors (requests, redis, lancedb) are converted once, at the adapter that calls the
+Library errors (urllib3, redis, lancedb) are converted once, at the adapter that calls the
 library, and re-raised ``from`` the original. A risk rejection is a decision, not an error::
 
     OsirisError

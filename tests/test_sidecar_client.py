@@ -57,6 +57,7 @@ class Seen:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    client_port: int = 0  # one per connection: a reused connection keeps its port
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -111,7 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self):
         parts = urlsplit(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        seen = Seen(self.command, parts.path, parse_qs(parts.query), dict(self.headers), body)
+        seen = Seen(self.command, parts.path, parse_qs(parts.query), dict(self.headers), body,
+                    self.client_address[1])
         reply = self.server.next_reply(seen)
         time.sleep(reply.delay_s)
         self._send(reply, reply.payload())
@@ -388,6 +390,26 @@ def test_body_over_cap_is_refused(server, client, content_length):
     server.script("/generate/", Reply(body=huge, content_length=content_length))
     with pytest.raises(SidecarResponseError, match="over"):
         client.generate("p", max_length=1)
+
+
+def test_a_body_that_is_not_strict_json_is_never_sent(server, client):
+    server.script("/score/hermes/", Reply(body={"score": 1}))
+    with pytest.raises(SidecarError, match="not sent") as info:
+        client.score({"quantity": float("nan")}, "c")
+    assert not info.value.retryable and server.requests_to("/score/hermes/") == []
+
+
+def test_connections_are_reused_but_not_after_an_unread_error_body(server, client):
+    # The rest of the error body comes later: a reused connection would read it as an answer.
+    server.script("/score/hermes/", Reply(400, "e" * 1000, body_delay_s=0.3),
+                  Reply(body={"score": 3}))
+    with pytest.raises(SidecarStatusError):
+        client.score({}, "c")
+    assert [client.score({}, "c") for _ in range(4)] == [3.0] * 4
+    seen = server.requests_to("/score/hermes/")
+    assert len(seen) == 5  # no answer was misread, so nothing was retried
+    assert len({s.client_port for s in seen[1:]}) == 1  # kept alive
+    assert seen[0].client_port != seen[1].client_port  # the unread body's connection closed
 
 
 # --- budget and breaker ----------------------------------------------------------------------
