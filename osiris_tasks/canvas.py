@@ -15,11 +15,13 @@ from typing import Any
 from celery import Celery, chain, chord, group
 from celery.backends.redis import RedisBackend
 from celery.canvas import Signature
+from kombu.utils.uuid import uuid
 
 from . import telemetry
 from .graph import NODE_NAMES, Topology, build_graph
 
-__all__ = ["build_canvas", "continuation", "submit_run", "submit_runs", "task_name", "topology"]
+__all__ = ["build_canvas", "continuation", "submit_continuation", "submit_run", "submit_runs",
+           "task_name", "topology"]
 
 STATE_ARGSREPR = "(<run state>,)"
 
@@ -97,6 +99,36 @@ def continuation(app: Celery, targets: Sequence[str], state: Mapping[str, Any]) 
     return _path(app, path, run_id, chord(header, node_signature(app, join, run_id, base=state)))
 
 
+def submit_continuation(app: Celery, targets: Sequence[str], state: Mapping[str, Any], *,
+                        eager: bool = False):
+    """Publish `continuation(app, targets, state)`: the messages its `apply_async()` sends,
+    built without the canvas (chain `prepare_steps`, group and chord cloning and freezing,
+    result promises), which cost 2.2 ms of CPU per run against 0.48 ms for a run's entry
+    chain sent the same way (ad hoc, 300 runs of 100 ticks).
+
+    For a chord (Redis result backend): the chord's size is set on the backend, then each part
+    goes with the chord's join as its `chord`, in the chord's group at its index; the join
+    carries the rest of the path as its `chain`, and Redis's `on_chord_part_return` sends it
+    when the last part is done, as with Celery's canvas. Eager (`eager`, or the app's
+    `task_always_eager`) and other result backends get the canvas itself; its result is
+    returned then (eager: the final state), None otherwise."""
+    if eager or app.conf.task_always_eager or parts_need_results(app):
+        return continuation(app, targets, state).apply_async()
+    topo, run_id = topology(), state["run_id"]
+    if len(targets) == 1:
+        _send_path(app, topo.linear_from(targets[0]), run_id, state)
+        return None
+    path, group_id = topo.linear_from(topo.join_of(targets)), uuid()
+    join = node_signature(app, path[0], run_id, base=state).set(
+        task_id=uuid(), group_id=group_id, chain=_chain_option(app, path, run_id))
+    app.backend.set_chord_size(group_id, len(targets))
+    with app.producer_or_acquire() as producer, producer.batch():
+        for index, target in enumerate(targets):
+            node_signature(app, target, run_id, state=state, member=True).apply_async(
+                chord=join, group_id=group_id, group_index=index, producer=producer)
+    return None
+
+
 def submit_run(app: Celery, state: Mapping[str, Any]):
     """Submit a run's canvas in its root span; returns its AsyncResult, whose id is the run_id
     (no result is stored for it: nothing subscribes to it, nothing waits on it)."""
@@ -123,8 +155,18 @@ def _send_entry(app: Celery, state: Mapping[str, Any], producer: Any = None):
     with telemetry.batch_span(run_id, len(state.get("ticks", ()))):
         if app.conf.task_always_eager:
             return build_canvas(app, state).apply_async(ignore_result=True)
-        path = _entry_path()
-        rest = [node_signature(app, node, run_id) for node in reversed(path[1:])]
-        first = node_signature(app, path[0], run_id, state=state)
-        return first.apply_async(task_id=run_id, chain=rest, ignore_result=True,
-                                 producer=producer)
+        return _send_path(app, _entry_path(), run_id, state, task_id=run_id,
+                          ignore_result=True, producer=producer)
+
+
+def _send_path(app: Celery, path: Sequence[str], run_id: str, state: Mapping[str, Any],
+               **options: Any):
+    """Publish the chain of `path` on `state` as its first message: the first node's task,
+    the rest in its `chain` option (the message a chain's `apply_async` sends)."""
+    first = node_signature(app, path[0], run_id, state=state)
+    return first.apply_async(chain=_chain_option(app, path, run_id), **options)
+
+
+def _chain_option(app: Celery, path: Sequence[str], run_id: str) -> list[Signature]:
+    """The `chain` option of `path`'s first task: the later nodes, last first (a stack)."""
+    return [node_signature(app, node, run_id) for node in reversed(path[1:])]

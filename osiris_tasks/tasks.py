@@ -22,7 +22,7 @@ from celery.signals import (
 )
 
 from . import telemetry
-from .canvas import continuation, topology
+from .canvas import submit_continuation, topology
 from .celery_app import app, settings_of
 from .errors import StoreError
 from .graph import NODE_NAMES
@@ -110,8 +110,10 @@ class NodeTask(Task):
     def _continue(self, state: dict[str, Any]) -> Any:
         """Submit what the router chose, as new tasks (not `replace`, which hands this task's id
         to the last task of the branch, so Flower would lose one task of the run)."""
-        result = continuation(self.app, topology().route(self.node, state), state).apply_async()
-        return result.get() if self.request.is_eager else state  # eager: the final state
+        eager = self.request.is_eager
+        result = submit_continuation(self.app, topology().route(self.node, state), state,
+                                     eager=eager)
+        return result.get() if eager else state  # eager: the final state
 
     @staticmethod
     def _incoming_state(incoming: Any, base: Mapping | None) -> dict[str, Any]:
