@@ -307,16 +307,13 @@ class SidecarClient:
             target = self._path_prefix + request.path
             if request.params:
                 target += "?" + urlencode(request.params)
+            response, read_to_end = None, False
             try:
                 response = self._pool.urlopen(
                     request.method, target, body=body, headers=headers,
                     timeout=urllib3.Timeout(connect=connect_s, read=read_s), retries=False,
                     redirect=False, preload_content=False,
                 )
-            except HTTPError as exc:
-                raise self._converted(request, exc) from exc
-            read_to_end = False
-            try:
                 span.set_attribute("http.response.status_code", response.status)
                 if not 200 <= response.status < 300:
                     raise self._status_error(request, response)
@@ -326,9 +323,10 @@ class SidecarClient:
             except HTTPError as exc:
                 raise self._converted(request, exc) from exc
             finally:
-                if not read_to_end:  # the rest of the body would be read as the next answer
-                    response.close()
-                response.release_conn()
+                if response is not None:
+                    if not read_to_end:  # the rest of the body would be read as the next answer
+                        response.close()
+                    response.release_conn()
 
     def _encoded(self, request: _Request) -> tuple[bytes | None, dict[str, str]]:
         """The request's body (strict JSON: NaN is refused, not sent) and headers."""
