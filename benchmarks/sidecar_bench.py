@@ -9,7 +9,15 @@ bench process's own publishing is not in it. The calls are submitted as the pipe
 parts are: their results are not stored (Redis's chord hands them to the join in its own list).
 Worker set-ups per N: one `--pool threads` worker, and
 two threads workers of N/2 (N >= 32): one process per core.
-Each figure carries the workers' CPU per call, from which one more worker machine is modelled.
+Each figure carries the workers' CPU per call, from which one more worker machine is modelled,
+and the CPU per call of the sidecar's process and of Redis: the whole machine's CPU per call.
+
+The CPU budget (N >= 32): the target rate (0.9x ideal up to 32 slots, 0.8x the thread pool at
+64) times the whole machine's CPU per call is the cores the target takes, against the machine's
+2. Its floor, measured in the same run: Celery's own cost of a task with nothing in it
+(`floor.step` of `floor_app.py` on a threads xN worker: fetch, trace, ack, with its Redis side)
+plus the thread pool's cost of the call itself (the client's CPU and the sidecar's, per call).
+Where the floor alone exceeds 2 cores, no Celery task per call reaches the target at that hour.
 
 A round ends when the queue and kombu's unacked hash are empty and the workers' task counters
 show every call run; if the counters stay short, the shortfall is reported (`never_ran`, and a
@@ -27,6 +35,7 @@ sustained stream of calls never pays; and single rounds on this shared machine v
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import tempfile
 import time
@@ -34,12 +43,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from osiris_tasks import app, configure
-from osiris_tasks.celery_app import SIDECAR_QUEUE
+from osiris_tasks import app, configure, results
+from osiris_tasks.celery_app import DEFAULT_QUEUE, SIDECAR_QUEUE
 from osiris_tasks.sidecar import SidecarClient
 
-from .env import Worker, bench_settings, cpu_s, sidecar_process
-from .report import Report
+from . import floor_app
+from .env import Worker, bench_settings, cpu_s, redis_pid, sidecar_process
+from .report import Figure, Report
 
 NAME = "sidecar"
 LATENCY_MS = 100
@@ -52,6 +62,8 @@ SETTLE_S = 5.0
 # kombu's hash of delivered, unacknowledged messages (its default `unacked_key`).
 UNACKED_KEY = "unacked"
 CORES = 2
+# The targets: calls/s >= this fraction of ideal up to FULL_SLOTS slots, of the thread pool above.
+IDEAL_TARGET, THREADS_TARGET, FULL_SLOTS = 0.9, 0.8, 32
 PROPOSAL = {"ticker": "AAPL", "action": "adjust", "side": "LONG", "quantity": 5,
             "price_estimate": 190.0, "new_stop_pct": 1.0, "new_target_pct": 2.0,
             "confidence": 0.6, "rationale": "benchmark"}
@@ -142,30 +154,60 @@ def run(report: Report, *, slot_counts: tuple[int, ...], redis_url: str,
             tempfile.TemporaryDirectory(prefix="osiris-bench-sidecar-") as workdir:
         settings = bench_settings(redis_url, url, workdir)
         configure(app, settings)
+        pids = {"sidecar": url.pid, "redis": redis_pid(redis_url)}
         for slots in slot_counts:
             calls = _calls(slots)
             ideal = report.add(NAME, f"ideal, {slots} slots x {LATENCY_MS} ms",
                                slots / (LATENCY_MS / 1000), "calls/s")
+            before = _cpu(pids, bench=True)
             spent = statistics.median(_threads(settings, slots, calls) for _ in range(ROUNDS))
+            call_ms = _cpu_ms(before, _cpu(pids, bench=True), calls * ROUNDS)
             threads = report.add(NAME, f"ThreadPoolExecutor, {slots} threads", calls / spent,
-                                 "calls/s", baseline=ideal, calls=calls, rounds=ROUNDS)
+                                 "calls/s", baseline=ideal, calls=calls, rounds=ROUNDS,
+                                 cpu_ms_per_call=call_ms)
+            target = (None if slots < FULL_SLOTS else IDEAL_TARGET * ideal.value
+                      if slots == FULL_SLOTS else THREADS_TARGET * threads.value)
             for label, worker_args in layouts(slots).items():
                 _layout(report, client, settings, label, worker_args, calls, timeout_s,
-                        ideal=ideal, threads=threads)
+                        ideal=ideal, threads=threads, pids=pids, target=target)
+            if target is not None:
+                _floor(report, client, settings, slots, timeout_s, pids=pids,
+                       call_ms=call_ms["bench"] + call_ms["sidecar"], target=target)
     client.close()
 
 
+def _cpu(pids: dict[str, int], *, bench: bool = False) -> dict[str, float]:
+    """CPU seconds so far of the processes in `pids` (and of this one, with `bench`)."""
+    found = {name: cpu_s(pid) for name, pid in pids.items()}
+    if bench:  # the thread pool's client: this process alone (the others are its children)
+        found["bench"] = cpu_s(os.getpid(), children=False)
+    return found
+
+
+def _cpu_ms(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, float]:
+    """Milliseconds of CPU per call of each process between two `_cpu` readings."""
+    return {name: round((after[name] - before[name]) / calls * 1000, 3) for name in before}
+
+
+def _budget(report: Report, name: str, cpu_ms: float, target: float, **params) -> None:
+    """The cores `target` calls/s take at `cpu_ms` of CPU per call, against the machine's."""
+    report.add(NAME, name, round(target * cpu_ms / 1000, 2), "cores", cores=CORES,
+               target_calls_per_s=round(target, 1), cpu_ms_per_call=round(cpu_ms, 3), **params)
+
+
 def _layout(report: Report, client, settings, label: str, worker_args, calls: int,
-            timeout_s: float, *, ideal, threads) -> None:
+            timeout_s: float, *, ideal: Figure, threads: Figure, pids: dict[str, int],
+            target: float | None) -> None:
     with contextlib.ExitStack() as stack:
         workers = [stack.enter_context(Worker(settings, *args)) for args in worker_args]
         for worker in workers:
             worker.wait_ready(app)
-        before = sum(cpu_s(worker.proc.pid) for worker in workers)
+        procs = {**pids, **{f"worker {i + 1}": w.proc.pid for i, w in enumerate(workers)}}
+        before = _cpu(procs)
         rounds = [_celery(client, [worker.name for worker in workers], calls, timeout_s)
                   for _ in range(ROUNDS)]
-        cpu_ms = (sum(cpu_s(worker.proc.pid) for worker in workers) - before) / (
-            calls * ROUNDS) * 1000
+        per_process = _cpu_ms(before, _cpu(procs), calls * ROUNDS)
+    cpu_ms = sum(ms for name, ms in per_process.items() if name.startswith("worker"))
     rates = [calls / spent for spent, _ in rounds]
     never_ran = [missing for _, missing in rounds]
     if any(never_ran):
@@ -177,7 +219,43 @@ def _layout(report: Report, client, settings, label: str, worker_args, calls: in
                worker_cpu_ms_per_call=round(cpu_ms, 3))
     report.add(NAME, f"Celery score_proposal, {label}, vs ideal", rate, "calls/s",
                baseline=ideal, calls=calls)
-    # The warm-up calls are in the CPU figure too: an upper bound of the per-call cost.
+    # The warm-up calls are in the CPU figures too: an upper bound of the per-call cost.
     report.add(NAME, f"Celery score_proposal, {label}: worker CPU per call", cpu_ms, "ms",
                ceiling_calls_per_s_per_2_core_machine=round(CORES * 1000 / cpu_ms)
                if cpu_ms else None)
+    if target is not None:
+        _budget(report, f"Celery score_proposal, {label}: cores the target takes",
+                sum(per_process.values()), target, **per_process)
+
+
+def _floor(report: Report, client: redis.Redis, settings, slots: int, timeout_s: float, *,
+           pids: dict[str, int], call_ms: float, target: float) -> None:
+    """The CPU budget's floor at `slots`: Celery's cost of a no-op task on a threads x`slots`
+    worker (the worker's and Redis's CPU per task), plus `call_ms`, the call's own cost."""
+    floor_app.app.conf.update(broker_url=settings.broker_url,
+                              result_backend=results.backend_url(settings.broker_url))
+    tasks = _calls(slots) * ROUNDS
+    with Worker(settings, "-Q", DEFAULT_QUEUE, "--pool", "threads", "--concurrency",
+                str(slots), app_module=floor_app.__name__) as worker:
+        worker.wait_ready(floor_app.app)
+        procs = {"redis": pids["redis"], "worker": worker.proc.pid}
+        step = floor_app.app.signature("floor.step", args=({"run_id": "floor"},))
+        step.apply_async(ignore_result=True)  # warm-up: imports, connections
+        _drained(client, DEFAULT_QUEUE, timeout_s)
+        before = _cpu(procs)
+        for _ in range(tasks):
+            step.apply_async(ignore_result=True)
+        _drained(client, DEFAULT_QUEUE, timeout_s)
+        task_ms = _cpu_ms(before, _cpu(procs), tasks)
+    _budget(report, f"floor at {slots} slots: a no-op Celery task per call, plus the call: "
+            "cores the target takes", sum(task_ms.values()) + call_ms, target,
+            celery_ms_per_task=task_ms, call_ms=call_ms)
+
+
+def _drained(client: redis.Redis, queue: str, timeout_s: float) -> None:
+    """Until `queue` is empty and nothing is unacknowledged (tasks ack when done)."""
+    deadline = time.monotonic() + timeout_s
+    while client.llen(queue) or client.hlen(UNACKED_KEY):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{queue} not drained after {timeout_s} s")
+        time.sleep(POLL_S)

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 STORE_MAX_RETRIES = 3
 STORE_RETRY_BACKOFF_S = 2.0
 
-RESULT_REPR_CHARS = 240
+RESULT_REPR_CHARS = 64
 
 _resources: Resources | None = None
 
@@ -83,7 +83,9 @@ class NodeTask(Task):
 
     max_retries = STORE_MAX_RETRIES
     # Flower shows the result's repr from the task-succeeded event: the start of the state
-    # (run_id first) is enough there; the whole state is in LanceDB.
+    # (run_id first) is enough there; the whole state is in LanceDB. Celery builds this repr
+    # after every task, events on or off: 48 µs for a state at 64 characters against 176 µs
+    # at 240 (ad hoc, 2026-12-04).
     resultrepr_maxsize = RESULT_REPR_CHARS
     node: str = ""
 

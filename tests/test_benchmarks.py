@@ -96,3 +96,28 @@ def test_floor_chain_runs_the_naive_canvas_on_the_projects_celery_configuration(
     # Its subscriptions to the runs' results are gone (later tests count Pub/Sub clients).
     assert not client.pubsub_channels()
     client.close()
+
+
+def test_sidecar_budget_floor_measures_a_no_op_task_per_call(redis_url, tmp_path):
+    import redis
+
+    from benchmarks import sidecar_bench
+    from benchmarks.env import bench_settings, redis_pid
+
+    report = Report(quick=True)
+    client = redis.Redis.from_url(redis_url)
+    settings = bench_settings(redis_url, "http://unused", str(tmp_path))
+
+    sidecar_bench._floor(report, client, settings, 2, 60.0,
+                         pids={"redis": redis_pid(redis_url)}, call_ms=1.5, target=400.0)
+
+    (budget,) = report.figures
+    assert budget.unit == "cores" and set(budget.params["celery_ms_per_task"]) == {
+        "redis", "worker"}
+    task_ms = sum(budget.params["celery_ms_per_task"].values())
+    per_call = budget.params["cpu_ms_per_call"]
+    assert task_ms > 0  # a task is not free, and its cost is added to the call's own
+    assert per_call == pytest.approx(task_ms + 1.5, abs=0.002)
+    assert budget.value == pytest.approx(400.0 * per_call / 1000, abs=0.01)
+    assert client.llen("osiris.default") == 0 and client.hlen(sidecar_bench.UNACKED_KEY) == 0
+    client.close()
