@@ -16,8 +16,9 @@ The CPU budget (N >= 32): the target rate (0.9x ideal up to 32 slots, 0.8x the t
 64) times the whole machine's CPU per call is the cores the target takes, against the machine's
 2. Its floor, measured in the same run: Celery's own cost of a task with nothing in it
 (`floor.step` of `floor_app.py` on a threads xN worker: fetch, trace, ack, with its Redis side)
-plus the thread pool's cost of the call itself (the client's CPU and the sidecar's, per call).
-Where the floor alone exceeds 2 cores, no Celery task per call reaches the target at that hour.
+plus the thread pool's cost of the call itself (the client's CPU and the sidecar's, per call):
+an estimate of the least a Celery task per call takes, not a strict bound (the thread pool's
+client, many threads in one process, may spend more per call than a worker's task does).
 
 A round ends when the queue and kombu's unacked hash are empty and the workers' task counters
 show every call run; if the counters stay short, the shortfall is reported (`never_ran`, and a
