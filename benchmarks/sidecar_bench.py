@@ -166,8 +166,7 @@ def run(report: Report, *, slot_counts: tuple[int, ...], redis_url: str,
             threads = report.add(NAME, f"ThreadPoolExecutor, {slots} threads", calls / spent,
                                  "calls/s", baseline=ideal, calls=calls, rounds=ROUNDS,
                                  cpu_ms_per_call=call_ms)
-            target = (None if slots < FULL_SLOTS else IDEAL_TARGET * ideal.value
-                      if slots == FULL_SLOTS else THREADS_TARGET * threads.value)
+            target = _target(slots, ideal, threads)
             for label, worker_args in layouts(slots).items():
                 _layout(report, client, settings, label, worker_args, calls, timeout_s,
                         ideal=ideal, threads=threads, pids=pids, target=target)
@@ -175,6 +174,15 @@ def run(report: Report, *, slot_counts: tuple[int, ...], redis_url: str,
                 _floor(report, client, settings, slots, timeout_s, pids=pids,
                        call_ms=call_ms["bench"] + call_ms["sidecar"], target=target)
     client.close()
+
+
+def _target(slots: int, ideal: Figure, threads: Figure) -> float | None:
+    """The calls/s target 2 asks for at `slots` (None below FULL_SLOTS: no budget there)."""
+    if slots < FULL_SLOTS:
+        return None
+    if slots == FULL_SLOTS:
+        return IDEAL_TARGET * ideal.value
+    return THREADS_TARGET * threads.value
 
 
 def _cpu(pids: dict[str, int], *, bench: bool = False) -> dict[str, float]:
