@@ -10,7 +10,8 @@ parts are: their results are not stored (Redis's chord hands them to the join in
 Worker set-ups per N: one `--pool threads` worker, and
 two threads workers of N/2 (N >= 32): one process per core.
 Each figure carries the workers' CPU per call, from which one more worker machine is modelled,
-and the CPU per call of the sidecar's process and of Redis: the whole machine's CPU per call.
+and the CPU per call of the sidecar's process and of Redis: the whole machine's CPU per call;
+and the workers' RSS after their rounds (a sidecar worker does not load lancedb).
 
 The CPU budget (N >= 32): the target rate (0.9x ideal up to 32 slots, 0.8x the thread pool at
 64) times the whole machine's CPU per call is the cores the target takes, against the machine's
@@ -49,7 +50,7 @@ from osiris_tasks.celery_app import DEFAULT_QUEUE, SIDECAR_QUEUE
 from osiris_tasks.sidecar import SidecarClient
 
 from . import floor_app
-from .env import Worker, bench_settings, cpu_s, redis_pid, sidecar_process
+from .env import Worker, bench_settings, cpu_s, redis_pid, rss_mb, sidecar_process
 from .report import Figure, Report
 
 NAME = "sidecar"
@@ -216,6 +217,8 @@ def _layout(report: Report, client, settings, label: str, worker_args, calls: in
         rounds = [_celery(client, [worker.name for worker in workers], calls, timeout_s)
                   for _ in range(ROUNDS)]
         per_process = _cpu_ms(before, _cpu(procs), calls * ROUNDS)
+        rss = [round(rss_mb(worker.proc.pid), 1) for worker in workers]
+        lancedb = [_loads_lancedb(worker.proc.pid) for worker in workers]
     cpu_ms = sum(ms for name, ms in per_process.items() if name.startswith("worker"))
     rates = [calls / spent for spent, _ in rounds]
     never_ran = [missing for _, missing in rounds]
@@ -232,9 +235,17 @@ def _layout(report: Report, client, settings, label: str, worker_args, calls: in
     report.add(NAME, f"Celery score_proposal, {label}: worker CPU per call", cpu_ms, "ms",
                ceiling_calls_per_s_per_2_core_machine=round(CORES * 1000 / cpu_ms)
                if cpu_ms else None)
+    report.add(NAME, f"Celery score_proposal, {label}: worker RSS after the rounds", max(rss),
+               "MB", per_worker=rss, lancedb_loaded=lancedb)
     if target is not None:
         _budget(report, f"Celery score_proposal, {label}: cores the target takes",
                 sum(per_process.values()), target, **per_process)
+
+
+def _loads_lancedb(pid: int) -> bool:
+    """Whether process `pid` has lancedb's library mapped (a sidecar worker never needs it)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return "_lancedb" in maps.read()
 
 
 def _floor(report: Report, client: redis.Redis, settings, slots: int, timeout_s: float, *,

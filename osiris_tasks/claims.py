@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 LOCK_PREFIX = "osiris:lock"
 SEEN_PREFIX = "osiris:seen"
 SINCE_KEY = "osiris:seen:since"
+# A key's seen mark lives this long: longer than any duplicate of its write can come later.
+DEFAULT_SEEN_TTL_S = 3600.0
 # Deletes each claim still holding this writer's token (a claim that expired is left alone).
 _RELEASE_LUA = """
 local released = 0

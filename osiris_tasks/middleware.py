@@ -16,7 +16,7 @@ from .errors import OsirisError
 from .graph import NODE_NAMES
 from .resources import Resources
 
-__all__ = ["bind_nodes", "guarded", "is_stale"]
+__all__ = ["bind_nodes", "guarded", "is_stale", "node_function"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,23 +66,28 @@ def _run(name: str, fn: NodeFn, state: Mapping[str, Any], reraise) -> Mapping[st
         return {"errors": [nodes.error_entry(name, exc)]}
 
 
-def node_functions(res: Resources, *, speak=None, final: bool = True) -> dict[str, NodeFn]:
-    """The pure nodes with this process's dependencies bound (not yet guarded)."""
+def node_function(res: Resources, name: str, *, speak=None, final: bool = True) -> NodeFn:
+    """Node `name` with this process's dependencies bound (not yet guarded). Binds only what
+    that node uses: a sidecar node never builds the run store (and never imports lancedb)."""
     s = res.settings
-    return {
-        "query_market": partial(nodes.query_market, default_symbol=s.default_symbol),
-        "generate_proposal": partial(nodes.generate_proposal, sidecar=res.sidecar,
-                                     portfolio=res.portfolio, limits=res.limits,
-                                     max_length=s.max_length),
-        "risk_management": partial(nodes.risk_management, store=res.store,
-                                   portfolio=res.portfolio, limits=res.limits),
-        "evaluate_proposal": partial(nodes.evaluate_proposal, sidecar=res.sidecar,
-                                     max_length=s.max_length),
-        "score_proposal": partial(nodes.score_proposal, sidecar=res.sidecar),
-        "publish_events": partial(nodes.publish_events, bus=res.bus, speak=speak),
-        "record_run": partial(nodes.record_run, store=res.store, deadletter=res.deadletter,
-                              final=final),
-    }
+    if name == "query_market":
+        return partial(nodes.query_market, default_symbol=s.default_symbol)
+    if name == "generate_proposal":
+        return partial(nodes.generate_proposal, sidecar=res.sidecar, portfolio=res.portfolio,
+                       limits=res.limits, max_length=s.max_length)
+    if name == "risk_management":
+        return partial(nodes.risk_management, store=res.store, portfolio=res.portfolio,
+                       limits=res.limits)
+    if name == "evaluate_proposal":
+        return partial(nodes.evaluate_proposal, sidecar=res.sidecar, max_length=s.max_length)
+    if name == "score_proposal":
+        return partial(nodes.score_proposal, sidecar=res.sidecar)
+    if name == "publish_events":
+        return partial(nodes.publish_events, bus=res.bus, speak=speak)
+    if name == "record_run":
+        return partial(nodes.record_run, store=res.store, deadletter=res.deadletter,
+                       final=final)
+    raise KeyError(name)
 
 
 def bind_nodes(
@@ -90,5 +95,6 @@ def bind_nodes(
     reraise: tuple[type[BaseException], ...] = (),
 ) -> dict[str, NodeFn]:
     """Every node of the graph, bound to `res` and guarded."""
-    fns = node_functions(res, speak=speak, final=final)
-    return {name: guarded(name, fns[name], reraise=reraise) for name in NODE_NAMES}
+    return {name: guarded(name, node_function(res, name, speak=speak, final=final),
+                          reraise=reraise)
+            for name in NODE_NAMES}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -23,8 +23,10 @@ from .proposal import build_prompt, parse_completion
 from .risk import RiskLimits, Verdict, assess
 from .sidecar import SidecarClient
 from .state import run_status
-from .store import RunStore
 from .ticks import validate_tick
+
+if TYPE_CHECKING:  # lancedb and pyarrow load only where a node writes (not in sidecar workers)
+    from .store import RunStore
 
 __all__ = [
     "evaluate_proposal",

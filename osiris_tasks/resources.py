@@ -1,18 +1,27 @@
-"""The long-lived clients a process needs, built once from settings and shared by its tasks."""
+"""The long-lived clients a process needs, built once from settings and shared by its tasks.
+
+The run store is built on first use: it loads lancedb and pyarrow (~1.3 s and ~90 MB of a
+worker's RSS, measured), which a worker that only calls the sidecar never needs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis
 
+from .claims import DEFAULT_SEEN_TTL_S
 from .deadletter import DeadLetter
 from .events import EventBus
 from .portfolio import Portfolio
 from .risk import RiskLimits
 from .settings import Settings
 from .sidecar import SidecarClient
-from .store import DEFAULT_SEEN_TTL_S, RunStore
+
+if TYPE_CHECKING:
+    from .store import RunStore
 
 __all__ = ["Resources", "redis_client"]
 
@@ -40,11 +49,32 @@ class Resources:
     settings: Settings
     redis: redis.Redis
     sidecar: SidecarClient
-    store: RunStore
     portfolio: Portfolio
     bus: EventBus
     deadletter: DeadLetter
     limits: RiskLimits
+    _store: RunStore | None = field(default=None, repr=False)
+    _store_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def store(self) -> RunStore:
+        """The run store, built (and lancedb imported) on first use, once per process."""
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    self._store = self._build_store()
+        return self._store
+
+    def _build_store(self) -> RunStore:
+        from .store import RunStore
+
+        settings = self.settings
+        return RunStore(
+            settings.lancedb_uri, redis=self.redis,
+            seen_ttl_s=max(DEFAULT_SEEN_TTL_S,
+                           SEEN_TTL_VISIBILITY_TIMEOUTS * settings.visibility_timeout_s),
+            maintain_every_commits=settings.store_maintain_every_commits,
+            cleanup_older_than_s=settings.store_cleanup_older_than_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Resources:
@@ -53,12 +83,6 @@ class Resources:
             settings=settings,
             redis=client,
             sidecar=SidecarClient.from_settings(settings),
-            store=RunStore(
-                settings.lancedb_uri, redis=client,
-                seen_ttl_s=max(DEFAULT_SEEN_TTL_S, SEEN_TTL_VISIBILITY_TIMEOUTS
-                               * settings.visibility_timeout_s),
-                maintain_every_commits=settings.store_maintain_every_commits,
-                cleanup_older_than_s=settings.store_cleanup_older_than_s),
             portfolio=Portfolio(client, default_nav=settings.nav,
                                 default_daily_pnl=settings.daily_pnl),
             bus=EventBus(client),
@@ -70,9 +94,12 @@ class Resources:
         """Drop connections inherited from a parent process."""
         self.redis.connection_pool.reset()
         self.sidecar.reset_after_fork()
-        self.store.reset_after_fork()
+        self._store_lock = threading.Lock()
+        if self._store is not None:
+            self._store.reset_after_fork()
 
     def close(self) -> None:
         self.sidecar.close()
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
         self.redis.close()

@@ -65,6 +65,7 @@ from lancedb.query import ColumnOrdering
 from redis.exceptions import LockError, LockNotOwnedError, RedisError
 
 from .claims import (
+    DEFAULT_SEEN_TTL_S,
     LOCK_PREFIX,
     Claim,
     RedisClaims,
@@ -103,8 +104,6 @@ KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 # A key's claim expires this long after its writer last renewed it (every third of it).
 DEFAULT_CLAIM_TTL_S = 5.0
-# A key's seen mark lives this long: longer than any duplicate of its write can come later.
-DEFAULT_SEEN_TTL_S = 3600.0
 # LanceDB's per-connection caches (index data; metadata of every table version read). The
 # defaults (6 GiB + 1 GiB) let a long-lived worker grow ~110-130 MB per 1k runs (measured):
 # every commit is a new version and read_consistency_interval=0 reads each one. The caps are

@@ -14,19 +14,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import Task
+from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 
 from . import telemetry
 from .canvas import submit_continuation, topology
-from .celery_app import app, settings_of
+from .celery_app import DEFAULT_QUEUE, app, settings_of
 from .errors import StoreError
 from .graph import NODE_NAMES
-from .middleware import guarded, node_functions
+from .middleware import guarded, node_function
 from .resources import Resources
 from .state import apply_update, apply_updates
 from .tts import speak_assessment
@@ -57,6 +59,17 @@ def resources() -> Resources:
 @worker_init.connect
 def _trace_worker(sender: Any = None, **_: Any) -> None:
     telemetry.setup_worker(sender, settings_of(app))
+
+
+@worker_ready.connect
+def _load_store(sender: Any = None, **_: Any) -> None:
+    """A worker that serves the store's nodes (the default queue) loads the run store when it
+    starts rather than in its first run: importing lancedb takes ~1.3 s. Not in a prefork
+    worker's parent, whose children would then fork with LanceDB's threads running (lancedb
+    calls its fork support experimental); its children load it on first use."""
+    queues = {queue.name for queue in getattr(sender.task_consumer, "queues", ())}
+    if DEFAULT_QUEUE in queues and not isinstance(sender.pool, PreforkPool):
+        resources().store  # noqa: B018 -- built for its side effect
 
 
 @worker_process_init.connect
@@ -94,7 +107,7 @@ class NodeTask(Task):
         telemetry.tag_run(run_id)
         state = self._incoming_state(incoming, base)
         final = self.request.retries >= self.max_retries
-        fn = node_functions(resources(), speak=_speak_fn(), final=final)[self.node]
+        fn = node_function(resources(), self.node, speak=_speak_fn(), final=final)
         try:
             update = guarded(self.node, fn, reraise=() if final else (StoreError,))(state)
         except StoreError as exc:

@@ -159,3 +159,42 @@ def test_runs_submitted_together_all_finish(pipeline):
     statuses = [finished(store, state["run_id"])["status"] for state in states]
     assert statuses == ["success", "success_risk_rejected", "success"]
     assert store.count("orchestrator_runs") == 3
+
+
+def _loaded_lancedb(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as maps:
+        return "_lancedb" in maps.read()
+
+
+def test_sidecar_workers_never_load_lancedb(settings, worker_factory):
+    """The production layout: a worker that only calls the sidecar runs its nodes without
+    importing lancedb (~90 MB of RSS), while the default queue's worker loads it at start."""
+    configure(app, settings)
+    sidecar = worker_factory(settings, "-Q", "osiris.sidecar,osiris.tts", "--pool", "threads",
+                             "--concurrency", "4")
+    default = worker_factory(settings, "-Q", "osiris.default", "--pool", "threads",
+                             "--concurrency", "4")
+    assert _loaded_lancedb(default.proc.pid)
+    states = [initial_state(ACCEPTED_BATCH), initial_state(REJECTED_BATCH)]
+    submit_runs(app, states)
+    store = RunStore(settings.lancedb_uri)
+    rows = [finished(store, state["run_id"]) for state in states]
+    store.close()
+    assert [row["status"] for row in rows] == ["success", "success_risk_rejected"]
+    assert rows[0]["score"] is not None  # the sidecar worker ran its nodes
+    assert not _loaded_lancedb(sidecar.proc.pid)
+
+
+def test_prefork_children_load_lancedb_after_the_fork(settings, worker_factory):
+    """A prefork worker's parent never loads lancedb, so no child forks with LanceDB's runtime
+    running (lancedb warns its fork support is experimental); the children load it to write."""
+    configure(app, settings)
+    worker = worker_factory(settings, "--pool", "prefork", "--concurrency", "2")
+    state = initial_state(ACCEPTED_BATCH)
+    submit_run(app, state)
+    store = RunStore(settings.lancedb_uri)
+    row = finished(store, state["run_id"])
+    store.close()
+    assert row["status"] == "success"
+    assert not _loaded_lancedb(worker.proc.pid)
+    assert not any("fork support is experimental" in line for line in worker.output)
