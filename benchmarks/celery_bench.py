@@ -11,6 +11,9 @@ Worker layouts: one threads worker serving every queue; the production layout (t
 `workers/osiris.default` and `workers/osiris.sidecar` pools, one process each); two threads
 workers serving every queue (one per core); prefork x2. Each figure carries the CPU per run of
 the workers, Redis, the sidecar and this process (which submits): where the two cores go.
+
+Then a design the project does not ship, against the production layout: one task per run
+(`runtask_app.py`, the in-process runner inside a task), what the fewest hops would give.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from osiris_tasks import app, configure, results, submit_run
 from osiris_tasks.celery_app import DEFAULT_QUEUE, SIDECAR_QUEUE, TTS_QUEUE
 from osiris_tasks.store import RUNS_TABLE, RunStore
 
-from . import floor_app, naive_app
+from . import floor_app, naive_app, runtask_app
 from .batches import run_states
 from .env import Worker, bench_settings, cpu_s, redis_pid, sidecar_process
 from .report import Figure, Report
@@ -41,14 +44,20 @@ def _threads(queues: str, n: int) -> tuple[str, ...]:
     return ("-Q", queues, "--pool", "threads", "--concurrency", str(n))
 
 
+PRODUCTION = "production: default threads x16 + sidecar threads x32"
 # Worker layouts measured: label -> one argument tuple per worker process.
 LAYOUTS = {
     "1 worker, threads x32, every queue": [_threads(ALL_QUEUES, 32)],
-    "production: default threads x16 + sidecar threads x32": [
+    PRODUCTION: [
         _threads(DEFAULT_QUEUE, 16), _threads(f"{SIDECAR_QUEUE},{TTS_QUEUE}", 32)],
     "2 workers, threads x16, every queue": [_threads(ALL_QUEUES, 16)] * 2,
     "1 worker, prefork x2, every queue": [("-Q", ALL_QUEUES, "--pool", "prefork",
                                             "--concurrency", "2")],
+}
+# The design alternative (not shipped): one task per run, on the default queue.
+ONE_TASK_PER_RUN = {
+    "one task per run (not shipped), threads x16": [_threads(DEFAULT_QUEUE, 16)],
+    "one task per run (not shipped), 2 workers threads x8": [_threads(DEFAULT_QUEUE, 8)] * 2,
 }
 
 
@@ -60,13 +69,21 @@ def run(report: Report, *, runs: int, redis_url: str, baseline: Figure | None,
         _noop_chain(report, label, client, runs, redis_url, timeout_s, server_pid)
         for label in NOOP_CHAINS)
     with sidecar_process() as sidecar_url:
-        for label, worker_args in LAYOUTS.items():
+        pids = {"redis": server_pid, "sidecar": sidecar_url.pid}
+
+        def layout(label: str, worker_args, **options) -> Figure:
             client.flushdb()
             with tempfile.TemporaryDirectory(prefix="osiris-bench-celery-") as workdir:
                 settings = bench_settings(redis_url, sidecar_url, workdir)
-                _layout(report, settings, label, worker_args, runs, timeout_s,
-                        baselines=(baseline, naive, floor_cpu),
-                        pids={"redis": server_pid, "sidecar": sidecar_url.pid})
+                return _layout(report, settings, label, worker_args, runs, timeout_s,
+                               baselines=(baseline, naive, floor_cpu), pids=pids, **options)
+
+        rates = {label: layout(label, worker_args) for label, worker_args in LAYOUTS.items()}
+        for label, worker_args in ONE_TASK_PER_RUN.items():
+            rate = layout(label, worker_args, app_module=runtask_app.__name__,
+                          submit=runtask_app.submit)
+            report.add(NAME, f"burst of {runs} runs, {label}, vs production", rate.value,
+                       "runs/s", baseline=rates[PRODUCTION], runs=runs)
     client.close()
 
 
@@ -112,32 +129,37 @@ def _noop_chain(report: Report, label: str, client: redis.Redis, runs: int, redi
 
 
 def _layout(report: Report, settings, label: str, worker_args, runs: int, timeout_s: float,
-            *, baselines: tuple[Figure | None, Figure, Figure],
-            pids: dict[str, int]) -> None:
+            *, baselines: tuple[Figure | None, Figure, Figure], pids: dict[str, int],
+            app_module: str = "osiris_tasks", submit=None) -> Figure:
+    """Runs/s of a burst of `runs` on `worker_args`' workers (of `app_module`), each run
+    submitted with `submit(state)` (default: `submit_run`)."""
     configure(app, settings)
     store = RunStore(settings.lancedb_uri)
+    submit = submit or (lambda state: submit_run(app, state))
     with contextlib.ExitStack() as stack:
-        workers = [stack.enter_context(Worker(settings, *args)) for args in worker_args]
+        workers = [stack.enter_context(Worker(settings, *args, app_module=app_module))
+                   for args in worker_args]
         for worker in workers:
             worker.wait_ready(app)
         processes = {**pids, **{f"worker {i + 1}": w.proc.pid for i, w in enumerate(workers)},
                      BENCH: os.getpid()}
-        _burst(store, 2, timeout_s)  # warm-up: imports, tables, connections
+        _burst(store, 2, timeout_s, submit)  # warm-up: imports, tables, connections
         before = {name: _cpu_s(name, pid) for name, pid in processes.items()}
-        spent = _burst(store, runs, timeout_s)
+        spent = _burst(store, runs, timeout_s, submit)
         cpu_ms = {name: round((_cpu_s(name, pid) - before[name]) / runs * 1000, 2)
                   for name, pid in processes.items()}
         fragments = store.stats(RUNS_TABLE)["fragments"]
     store.close()
     runner, naive, floor_cpu = baselines
     rate = runs / spent
-    report.add(NAME, f"burst of {runs} runs, {label}", rate, "runs/s", baseline=runner,
-               runs=runs, layout=label, cpu_ms_per_run=cpu_ms,
-               fragments_after=fragments)
+    figure = report.add(NAME, f"burst of {runs} runs, {label}", rate, "runs/s",
+                        baseline=runner, runs=runs, layout=label, cpu_ms_per_run=cpu_ms,
+                        fragments_after=fragments)
     report.add(NAME, f"burst of {runs} runs, {label}, vs naive chain", rate, "runs/s",
                baseline=naive, runs=runs)
     report.add(NAME, f"{label}: CPU per run, all processes", sum(cpu_ms.values()), "ms",
                baseline=floor_cpu, **cpu_ms)
+    return figure
 
 
 def _cpu_s(name: str, pid: int) -> float:
@@ -145,12 +167,12 @@ def _cpu_s(name: str, pid: int) -> float:
     return cpu_s(pid, children=name != BENCH)
 
 
-def _burst(store: RunStore, runs: int, timeout_s: float) -> float:
+def _burst(store: RunStore, runs: int, timeout_s: float, submit) -> float:
     """Seconds from the first of `runs` submissions until all of them are recorded."""
     already = store.count(RUNS_TABLE)
     states = run_states(runs, seed=already + 1, accepted=True)
     return _until(lambda: store.count(RUNS_TABLE) - already,
-                  lambda: [submit_run(app, state) for state in states], runs, timeout_s)
+                  lambda: [submit(state) for state in states], runs, timeout_s)
 
 
 def _until(done, submit, runs: int, timeout_s: float) -> float:

@@ -121,3 +121,29 @@ def test_sidecar_budget_floor_measures_a_no_op_task_per_call(redis_url, tmp_path
     assert budget.value == pytest.approx(400.0 * per_call / 1000, abs=0.01)
     assert client.llen("osiris.default") == 0 and client.hlen(sidecar_bench.UNACKED_KEY) == 0
     client.close()
+
+
+def test_one_task_per_run_design_runs_the_whole_graph_in_one_task(redis_url, tmp_path):
+    from benchmarks import celery_bench, runtask_app
+    from benchmarks.env import bench_settings, redis_pid, sidecar_process
+    from osiris_tasks.store import RunStore
+
+    report = Report(quick=True)
+    label, worker_args = next(iter(celery_bench.ONE_TASK_PER_RUN.items()))
+
+    with sidecar_process() as sidecar_url:
+        settings = bench_settings(redis_url, sidecar_url, str(tmp_path))
+        # raises unless every run of the warm-up's 2 and the 3 measured is recorded
+        rate = celery_bench._layout(
+            report, settings, label, worker_args, 3, 60.0, baselines=(None, None, None),
+            pids={"redis": redis_pid(redis_url), "sidecar": sidecar_url.pid},
+            app_module=runtask_app.__name__, submit=runtask_app.submit)
+
+    assert rate.value > 0 and rate.params["layout"] == label
+    store = RunStore(settings.lancedb_uri)
+    runs = store.recent_runs(10)
+    store.close()
+    assert len(runs) == 5
+    # Each run took every node of the graph in its one task: accepted, assessed and scored.
+    assert all(run["status"] == "success" and run["verdict"] == "accepted"
+               and run["score"] is not None and run["assessment"] for run in runs)
