@@ -1,4 +1,5 @@
-"""Tick batches for whole runs: synthetic, 10 ticks each, reproducible from a seed."""
+"""Tick batches for whole runs: synthetic, 10 ticks each unless asked, reproducible from a
+seed."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ SYMBOLS = ("AAPL", "MSFT", "NVDA")
 TICKS_PER_RUN = 10
 
 
-def run_states(count: int, *, seed: int = 11, accepted: bool = False) -> list[dict[str, Any]]:
+def run_states(count: int, *, seed: int = 11, accepted: bool = False,
+               ticks_per_run: int = TICKS_PER_RUN) -> list[dict[str, Any]]:
     """`count` initial run states, each with its own batch of synthetic ticks; with `accepted`,
     only batches whose proposal (the reference policy's) the risk gate accepts, so every run
     takes the whole graph: 7 tasks with the evaluators' chord."""
     ticks = synthetic_ticks(SYMBOLS, seed=seed, volatility=0.002)
-    batches = (list(itertools.islice(ticks, TICKS_PER_RUN)) for _ in itertools.count())
+    batches = (list(itertools.islice(ticks, ticks_per_run)) for _ in itertools.count())
     if accepted:
         batches = (b for b in batches if finished_state(b)["verdict"]["accepted"])
     return [initial_state(batch) for batch in itertools.islice(batches, count)]

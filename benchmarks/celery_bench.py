@@ -14,6 +14,10 @@ the workers, Redis, the sidecar and this process (which submits): where the two 
 
 Then a design the project does not ship, against the production layout: one task per run
 (`runtask_app.py`, the in-process runner inside a task), what the fewest hops would give.
+
+Last, large batches (`LARGE_BATCH_TICKS` ticks per run) on the production layout, with their
+ticks by reference (`osiris_tasks/tickstash.py`, the default) against the same runs with the
+ticks in every task message (`OSIRIS_TICKS_BY_REFERENCE_MIN=0`), the baseline.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import redis
 
 from osiris_tasks import app, configure, results, submit_run
 from osiris_tasks.celery_app import DEFAULT_QUEUE, SIDECAR_QUEUE, TTS_QUEUE
+from osiris_tasks.settings import Settings
 from osiris_tasks.store import RUNS_TABLE, RunStore
 
 from . import floor_app, naive_app, runtask_app
@@ -54,6 +59,11 @@ LAYOUTS = {
     "1 worker, prefork x2, every queue": [("-Q", ALL_QUEUES, "--pool", "prefork",
                                             "--concurrency", "2")],
 }
+# Ticks per run of the large batches, and the two ways their ticks travel: label -> the
+# setting `ticks_by_reference_min` (0: in every message; the baseline first).
+LARGE_BATCH_TICKS = 500
+TICKS_TRAVEL = {"ticks in every message": 0,
+                "ticks by reference": Settings().ticks_by_reference_min}
 # The design alternative (not shipped): one task per run, on the default queue.
 ONE_TASK_PER_RUN = {
     "one task per run (not shipped), threads x16": [_threads(DEFAULT_QUEUE, 16)],
@@ -71,19 +81,33 @@ def run(report: Report, *, runs: int, redis_url: str, baseline: Figure | None,
     with sidecar_process() as sidecar_url:
         pids = {"redis": server_pid, "sidecar": sidecar_url.pid}
 
-        def layout(label: str, worker_args, **options) -> Figure:
+        def layout(label: str, worker_args, states, *, min_ticks=None, **options) -> Figure:
             client.flushdb()
             with tempfile.TemporaryDirectory(prefix="osiris-bench-celery-") as workdir:
                 settings = bench_settings(redis_url, sidecar_url, workdir)
-                return _layout(report, settings, label, worker_args, runs, timeout_s,
-                               baselines=(baseline, naive, floor_cpu), pids=pids, **options)
+                if min_ticks is not None:
+                    settings = settings.with_(ticks_by_reference_min=min_ticks)
+                return _layout(report, settings, label, worker_args, states, timeout_s,
+                               pids=pids, **options)
 
-        rates = {label: layout(label, worker_args) for label, worker_args in LAYOUTS.items()}
+        states = run_states(runs, seed=1, accepted=True)
+        baselines = {"baselines": (baseline, naive, floor_cpu)}
+        rates = {label: layout(label, worker_args, states, **baselines)[0]
+                 for label, worker_args in LAYOUTS.items()}
         for label, worker_args in ONE_TASK_PER_RUN.items():
-            rate = layout(label, worker_args, app_module=runtask_app.__name__,
-                          submit=runtask_app.submit)
+            rate, _ = layout(label, worker_args, states, app_module=runtask_app.__name__,
+                             submit=runtask_app.submit, **baselines)
             report.add(NAME, f"burst of {runs} runs, {label}, vs production", rate.value,
                        "runs/s", baseline=rates[PRODUCTION], runs=runs)
+        large = run_states(runs // 2, seed=1, accepted=True, ticks_per_run=LARGE_BATCH_TICKS)
+        travel = {label: layout(f"runs of {LARGE_BATCH_TICKS} ticks, {label}",
+                                LAYOUTS[PRODUCTION], large, min_ticks=min_ticks)
+                  for label, min_ticks in TICKS_TRAVEL.items()}
+        (inline_rate, inline_cpu), (ref_rate, ref_cpu) = travel.values()
+        name = f"runs of {LARGE_BATCH_TICKS} ticks, production layout, ticks by reference"
+        report.add(NAME, name, ref_rate.value, "runs/s", baseline=inline_rate)
+        report.add(NAME, f"{name}: CPU per run, all processes", ref_cpu.value, "ms",
+                   baseline=inline_cpu)
     client.close()
 
 
@@ -128,11 +152,12 @@ def _noop_chain(report: Report, label: str, client: redis.Redis, runs: int, redi
     return rate, cpu
 
 
-def _layout(report: Report, settings, label: str, worker_args, runs: int, timeout_s: float,
-            *, baselines: tuple[Figure | None, Figure, Figure], pids: dict[str, int],
-            app_module: str = "osiris_tasks", submit=None) -> Figure:
-    """Runs/s of a burst of `runs` on `worker_args`' workers (of `app_module`), each run
-    submitted with `submit(state)` (default: `submit_run`)."""
+def _layout(report: Report, settings, label: str, worker_args, states: list[dict],
+            timeout_s: float, *, pids: dict[str, int],
+            baselines: tuple[Figure | None, Figure | None, Figure | None] = (None, None, None),
+            app_module: str = "osiris_tasks", submit=None) -> tuple[Figure, Figure]:
+    """Runs/s and CPU per run of a burst of `states` on `worker_args`' workers (of
+    `app_module`), each run submitted with `submit(state)` (default: `submit_run`)."""
     configure(app, settings)
     store = RunStore(settings.lancedb_uri)
     submit = submit or (lambda state: submit_run(app, state))
@@ -143,9 +168,11 @@ def _layout(report: Report, settings, label: str, worker_args, runs: int, timeou
             worker.wait_ready(app)
         processes = {**pids, **{f"worker {i + 1}": w.proc.pid for i, w in enumerate(workers)},
                      BENCH: os.getpid()}
-        _burst(store, 2, timeout_s, submit)  # warm-up: imports, tables, connections
+        # warm-up: imports, tables, connections
+        _burst(store, run_states(2, seed=0, accepted=True), timeout_s, submit)
+        runs = len(states)
         before = {name: _cpu_s(name, pid) for name, pid in processes.items()}
-        spent = _burst(store, runs, timeout_s, submit)
+        spent = _burst(store, states, timeout_s, submit)
         cpu_ms = {name: round((_cpu_s(name, pid) - before[name]) / runs * 1000, 2)
                   for name, pid in processes.items()}
         fragments = store.stats(RUNS_TABLE)["fragments"]
@@ -155,11 +182,12 @@ def _layout(report: Report, settings, label: str, worker_args, runs: int, timeou
     figure = report.add(NAME, f"burst of {runs} runs, {label}", rate, "runs/s",
                         baseline=runner, runs=runs, layout=label, cpu_ms_per_run=cpu_ms,
                         fragments_after=fragments)
-    report.add(NAME, f"burst of {runs} runs, {label}, vs naive chain", rate, "runs/s",
-               baseline=naive, runs=runs)
-    report.add(NAME, f"{label}: CPU per run, all processes", sum(cpu_ms.values()), "ms",
-               baseline=floor_cpu, **cpu_ms)
-    return figure
+    if naive is not None:
+        report.add(NAME, f"burst of {runs} runs, {label}, vs naive chain", rate, "runs/s",
+                   baseline=naive, runs=runs)
+    cpu = report.add(NAME, f"{label}: CPU per run, all processes", sum(cpu_ms.values()), "ms",
+                     baseline=floor_cpu, **cpu_ms)
+    return figure, cpu
 
 
 def _cpu_s(name: str, pid: int) -> float:
@@ -167,12 +195,11 @@ def _cpu_s(name: str, pid: int) -> float:
     return cpu_s(pid, children=name != BENCH)
 
 
-def _burst(store: RunStore, runs: int, timeout_s: float, submit) -> float:
-    """Seconds from the first of `runs` submissions until all of them are recorded."""
+def _burst(store: RunStore, states: list[dict], timeout_s: float, submit) -> float:
+    """Seconds from the first of `states`' submissions until all of them are recorded."""
     already = store.count(RUNS_TABLE)
-    states = run_states(runs, seed=already + 1, accepted=True)
     return _until(lambda: store.count(RUNS_TABLE) - already,
-                  lambda: [submit(state) for state in states], runs, timeout_s)
+                  lambda: [submit(state) for state in states], len(states), timeout_s)
 
 
 def _until(done, submit, runs: int, timeout_s: float) -> float:

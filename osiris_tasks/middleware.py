@@ -66,12 +66,15 @@ def _run(name: str, fn: NodeFn, state: Mapping[str, Any], reraise) -> Mapping[st
         return {"errors": [nodes.error_entry(name, exc)]}
 
 
-def node_function(res: Resources, name: str, *, speak=None, final: bool = True) -> NodeFn:
+def node_function(res: Resources, name: str, *, speak=None, final: bool = True,
+                  by_reference: bool = False) -> NodeFn:
     """Node `name` with this process's dependencies bound (not yet guarded). Binds only what
-    that node uses: a sidecar node never builds the run store (and never imports lancedb)."""
+    that node uses: a sidecar node never builds the run store (and never imports lancedb).
+    With `by_reference` (the Celery path), a large batch's ticks leave the state for Redis."""
     s = res.settings
     if name == "query_market":
-        return partial(nodes.query_market, default_symbol=s.default_symbol)
+        return partial(nodes.query_market, default_symbol=s.default_symbol,
+                       stash=res.stash if by_reference else None)
     if name == "generate_proposal":
         return partial(nodes.generate_proposal, sidecar=res.sidecar, portfolio=res.portfolio,
                        limits=res.limits, max_length=s.max_length)
@@ -86,7 +89,7 @@ def node_function(res: Resources, name: str, *, speak=None, final: bool = True) 
         return partial(nodes.publish_events, bus=res.bus, speak=speak)
     if name == "record_run":
         return partial(nodes.record_run, store=res.store, deadletter=res.deadletter,
-                       final=final)
+                       stash=res.stash, final=final)
     raise KeyError(name)
 
 

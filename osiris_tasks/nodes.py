@@ -22,8 +22,9 @@ from .portfolio import Portfolio
 from .proposal import build_prompt, parse_completion
 from .risk import RiskLimits, Verdict, assess
 from .sidecar import SidecarClient
-from .state import run_status
+from .state import apply_update, run_status
 from .ticks import validate_tick
+from .tickstash import TickStash
 
 if TYPE_CHECKING:  # lancedb and pyarrow load only where a node writes (not in sidecar workers)
     from .store import RunStore
@@ -43,16 +44,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 State = Mapping[str, Any]
-# State keys with a column of their own in `orchestrator_runs`, left out of `final_output`.
-SEPARATE_COLUMNS = frozenset({"ticks", "prompt", "raw_completion"})
+# State keys with a column of their own in `orchestrator_runs`, left out of `final_output`
+# (`ticks_ref` is where the ticks of `input_query` were kept).
+SEPARATE_COLUMNS = frozenset({"ticks", "ticks_ref", "prompt", "raw_completion"})
 
 
 def _json(value: Any) -> str:
     return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def query_market(state: State, *, default_symbol: str) -> dict[str, Any]:
-    """Re-validate the batch's ticks and summarise them per symbol."""
+def query_market(state: State, *, default_symbol: str,
+                 stash: TickStash | None = None) -> dict[str, Any]:
+    """Re-validate the batch's ticks and summarise them per symbol; with a `stash`, a large
+    batch's ticks go there and the state carries their key (`ticks_ref`) instead."""
     valid, rejected = [], 0
     for raw in state.get("ticks") or []:
         try:
@@ -63,8 +67,13 @@ def query_market(state: State, *, default_symbol: str) -> dict[str, Any]:
     if not valid:
         raise OsirisError(f"no valid ticks in the batch ({rejected} rejected)")
     summary = summarize(valid)
-    return {"ticks": valid, "rejected_ticks": rejected, "summary": summary,
-            "market_text": summary_text(summary), "symbols": list(summary)}
+    update = {"ticks": valid, "rejected_ticks": rejected, "summary": summary,
+              "market_text": summary_text(summary), "symbols": list(summary)}
+    if stash is not None and stash.wants(len(valid)):
+        key = stash.put(state["run_id"], _json(valid))
+        if key is not None:
+            update.update(ticks=[], ticks_ref=key)
+    return update
 
 
 def generate_proposal(
@@ -165,8 +174,8 @@ def publish_events(
     return {"events": events, "status": status}
 
 
-def run_row(state: State) -> dict[str, Any]:
-    """The `orchestrator_runs` row for a finished run."""
+def run_row(state: State, *, ticks_json: str | None = None) -> dict[str, Any]:
+    """The `orchestrator_runs` row for a finished run (`ticks_json`: its ticks, already JSON)."""
     proposal, verdict = state.get("proposal") or {}, state.get("verdict") or {}
     errors = state.get("errors") or []
     return {
@@ -177,7 +186,7 @@ def run_row(state: State) -> dict[str, Any]:
         "verdict": ("accepted" if verdict.get("accepted") else "rejected") if verdict else None,
         "rule": verdict.get("rule"), "score": state.get("score"),
         "transaction_id": (state.get("assessment") or {}).get("transaction_id"),
-        "input_query": _json(state.get("ticks") or []),
+        "input_query": ticks_json if ticks_json is not None else _json(state.get("ticks") or []),
         "final_output": _json({k: v for k, v in state.items() if k not in SEPARATE_COLUMNS}),
         "error_message": "; ".join(f"{e['node']}: {e['message']}" for e in errors) or None,
         "prompt": state.get("prompt"), "raw_completion": state.get("raw_completion"),
@@ -189,23 +198,51 @@ def run_row(state: State) -> dict[str, Any]:
 
 
 def record_run(
-    state: State, *, store: RunStore, deadletter: DeadLetter, final: bool = True,
+    state: State, *, store: RunStore, deadletter: DeadLetter, stash: TickStash | None = None,
+    final: bool = True,
 ) -> dict[str, Any]:
-    """Write the run to `orchestrator_runs` (idempotent by run_id).
+    """Write the run to `orchestrator_runs` (idempotent by run_id), its ticks read back from
+    the `stash` if they went by reference (and forgotten there once written).
 
-    On the `final` attempt a write that fails goes to the dead-letter list instead of being lost.
+    On the `final` attempt a write that fails goes to the dead-letter list instead of being lost,
+    and ticks that cannot be read back are recorded as an error, never made up.
     """
-    row = run_row(state)
+    ref, ticks_json, update = state.get("ticks_ref"), None, {}
+    if ref:
+        ticks_json = _stashed_ticks(state["run_id"], ref, stash, final)
+        if ticks_json is None:
+            update["errors"] = [error_entry("record_run", OsirisError(
+                f"the batch's ticks ({ref}) were gone from Redis; input_query left empty"))]
+            state = apply_update(state, update)
+    row = run_row(state, ticks_json=ticks_json)
     try:
         written = store.record_run(row)
     except StoreError as exc:
         if not final:
             raise
         deadletter.push(row, reason=str(exc))
-        return {"recorded": False, "status": row["status"]}
+        written = None
+    if ticks_json is not None:
+        stash.delete(ref)
+    if written is None:
+        return {**update, "recorded": False, "status": row["status"]}
     logger.info("run_id=%s recorded status=%s (new row: %s)", state["run_id"],
-                run_status(state), written)
-    return {"recorded": True, "status": run_status(state)}
+                row["status"], written)
+    return {**update, "recorded": True, "status": row["status"]}
+
+
+def _stashed_ticks(run_id: str, ref: str, stash: TickStash | None, final: bool) -> str | None:
+    """The ticks' JSON under `ref`; None if gone (or unreadable on the `final` attempt)."""
+    try:
+        ticks_json = stash.get(ref) if stash is not None else None
+    except StoreError:
+        if not final:
+            raise
+        logger.exception("run_id=%s ticks unreadable on the last attempt", run_id)
+        return None
+    if ticks_json is None:
+        logger.error("run_id=%s the batch's ticks (%s) are gone from Redis", run_id, ref)
+    return ticks_json
 
 
 def error_entry(node: str, exc: BaseException) -> dict[str, str]:

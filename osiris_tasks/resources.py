@@ -19,6 +19,7 @@ from .portfolio import Portfolio
 from .risk import RiskLimits
 from .settings import Settings
 from .sidecar import SidecarClient
+from .tickstash import TickStash
 
 if TYPE_CHECKING:
     from .store import RunStore
@@ -53,6 +54,7 @@ class Resources:
     bus: EventBus
     deadletter: DeadLetter
     limits: RiskLimits
+    stash: TickStash
     _store: RunStore | None = field(default=None, repr=False)
     _store_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -88,6 +90,7 @@ class Resources:
             bus=EventBus(client),
             deadletter=DeadLetter(client),
             limits=RiskLimits(settings.max_position_size_pct, settings.max_daily_loss_pct),
+            stash=TickStash(client, min_ticks=settings.ticks_by_reference_min),
         )
 
     def reset_after_fork(self) -> None:

@@ -37,6 +37,9 @@ DEFAULT_STORE_CLEANUP_OLDER_THAN_S = 120.0
 # Below this, cleanup can free the version number a concurrent writer is about to commit
 # (lance-format/lance#3718): its rows land in an orphaned version no reader sees.
 MIN_STORE_CLEANUP_OLDER_THAN_S = 60.0
+# Batches of at least this many ticks travel by reference on the Celery path (tickstash.py; 0:
+# never). Below it the extra round trips (SET, GET, DEL) cost about what smaller messages save.
+DEFAULT_TICKS_BY_REFERENCE_MIN = 50
 # How long the TTS task waits for `tts.acknowledged.<tx>` before giving up.
 DEFAULT_TTS_ACK_TIMEOUT_S = 30.0
 
@@ -60,6 +63,7 @@ class Settings:
     store_maintain_every_commits: int = DEFAULT_STORE_MAINTAIN_EVERY_COMMITS
     store_cleanup_older_than_s: float = DEFAULT_STORE_CLEANUP_OLDER_THAN_S
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+    ticks_by_reference_min: int = DEFAULT_TICKS_BY_REFERENCE_MIN
     tts_enabled: bool = False
     tts_ack_timeout_s: float = DEFAULT_TTS_ACK_TIMEOUT_S
     max_position_size_pct: float = RISK_GATE_CONFIG["max_position_size_pct"]
@@ -97,6 +101,8 @@ class Settings:
                                               DEFAULT_STORE_CLEANUP_OLDER_THAN_S),
             visibility_timeout_s=_int(env, "OSIRIS_VISIBILITY_TIMEOUT_S",
                                       DEFAULT_VISIBILITY_TIMEOUT_S),
+            ticks_by_reference_min=_int(env, "OSIRIS_TICKS_BY_REFERENCE_MIN",
+                                        DEFAULT_TICKS_BY_REFERENCE_MIN),
             tts_enabled=_bool(env, "OSIRIS_TTS_ENABLED"),
             max_position_size_pct=_float(env, "OSIRIS_MAX_POSITION_SIZE_PCT",
                                          RISK_GATE_CONFIG["max_position_size_pct"]),
@@ -123,6 +129,8 @@ class Settings:
                 f"{MIN_STORE_CLEANUP_OLDER_THAN_S:g} s: a shorter window can drop a concurrent "
                 "writer's commit (lance-format/lance#3718)"
             )
+        if self.ticks_by_reference_min < 0:
+            raise ConfigError("OSIRIS_TICKS_BY_REFERENCE_MIN must be 0 (never) or more")
         if self.sidecar_retry_budget_s >= self.visibility_timeout_s:
             raise ConfigError(
                 "OSIRIS_VISIBILITY_TIMEOUT_S must exceed the sidecar retry budget "

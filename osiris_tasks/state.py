@@ -37,7 +37,8 @@ class RunState(TypedDict, total=False):
     run_id: str
     created_at: float           # epoch seconds when the bridge formed the batch
     ttl_s: float | None         # a run older than this when picked up is recorded as expired
-    ticks: list[dict]           # validated ticks of the batch
+    ticks: list[dict]           # validated ticks of the batch (empty while they are stashed)
+    ticks_ref: str              # Redis key of a large batch's ticks, Celery path (tickstash.py)
     rejected_ticks: int         # ticks of a direct submission that failed validation
     summary: dict[str, dict]    # per-symbol market summary
     market_text: str            # the summary as prompt lines

@@ -107,7 +107,8 @@ class NodeTask(Task):
         telemetry.tag_run(run_id)
         state = self._incoming_state(incoming, base)
         final = self.request.retries >= self.max_retries
-        fn = node_function(resources(), self.node, speak=_speak_fn(), final=final)
+        fn = node_function(resources(), self.node, speak=_speak_fn(), final=final,
+                           by_reference=True)
         try:
             update = guarded(self.node, fn, reraise=() if final else (StoreError,))(state)
         except StoreError as exc:

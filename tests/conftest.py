@@ -95,6 +95,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
         "OSIRIS_SIDECAR_READ_TIMEOUT_S": str(settings.sidecar_read_timeout_s),
         "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
+        "OSIRIS_TICKS_BY_REFERENCE_MIN": str(settings.ticks_by_reference_min),
         "PYTHONUNBUFFERED": "1",
     })
     if settings.task_events:

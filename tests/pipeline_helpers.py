@@ -19,6 +19,8 @@ def ticks(closes, symbol="AAPL", start=None, volume=100.0):
 
 # Zig-zag, no net move: weak signal, the reference policy sizes well under the 1 % limit.
 ACCEPTED_BATCH = ticks([100, 101, 100, 101, 100, 101, 100, 101, 100, 100])
+# The same zig-zag, long enough to travel by reference (tickstash.py) on the Celery path.
+LARGE_ACCEPTED_BATCH = ticks([100, 101] * 30 + [100])
 # A steady climb with little noise: strong signal, sized over the limit -> rejected.
 REJECTED_BATCH = ticks([100 + 0.1 * i for i in range(10)])
 

@@ -125,6 +125,7 @@ def test_sidecar_budget_floor_measures_a_no_op_task_per_call(redis_url, tmp_path
 
 def test_one_task_per_run_design_runs_the_whole_graph_in_one_task(redis_url, tmp_path):
     from benchmarks import celery_bench, runtask_app
+    from benchmarks.batches import run_states
     from benchmarks.env import bench_settings, redis_pid, sidecar_process
     from osiris_tasks.store import RunStore
 
@@ -134,8 +135,8 @@ def test_one_task_per_run_design_runs_the_whole_graph_in_one_task(redis_url, tmp
     with sidecar_process() as sidecar_url:
         settings = bench_settings(redis_url, sidecar_url, str(tmp_path))
         # raises unless every run of the warm-up's 2 and the 3 measured is recorded
-        rate = celery_bench._layout(
-            report, settings, label, worker_args, 3, 60.0, baselines=(None, None, None),
+        rate, _ = celery_bench._layout(
+            report, settings, label, worker_args, run_states(3, accepted=True), 60.0,
             pids={"redis": redis_pid(redis_url), "sidecar": sidecar_url.pid},
             app_module=runtask_app.__name__, submit=runtask_app.submit)
 

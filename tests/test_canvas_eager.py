@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import orjson
 import pytest
+import redis
 from celery import Celery
-from pipeline_helpers import ACCEPTED_BATCH, REJECTED_BATCH
+from pipeline_helpers import ACCEPTED_BATCH, LARGE_ACCEPTED_BATCH, REJECTED_BATCH
 
 from osiris_tasks import app, configure, initial_state, submit_run
 from osiris_tasks.canvas import build_canvas, continuation
@@ -74,6 +75,15 @@ def test_accepted_path_runs_the_chord(eager):
     row, advice = recorded(eager, run_id)
     assert row["status"] == "success" and row["verdict"] == "accepted"
     assert [a["accepted"] for a in advice] == [True]
+
+
+def test_a_large_batch_travels_by_reference_and_is_recorded_whole(eager):
+    run_id, final = run(LARGE_ACCEPTED_BATCH)
+    assert final["ticks"] == [] and final["ticks_ref"].endswith(run_id)
+    assert final["status"] == "success" and final["recorded"] is True
+    row, _ = recorded(eager, run_id)
+    assert len(orjson.loads(row["input_query"])) == len(LARGE_ACCEPTED_BATCH)
+    assert redis.Redis.from_url(eager.redis_url).exists(final["ticks_ref"]) == 0
 
 
 def test_rejected_path_skips_the_evaluators(eager):

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 from conftest import wait_for
-from pipeline_helpers import ACCEPTED_BATCH, REJECTED_BATCH, EventListener
+from pipeline_helpers import ACCEPTED_BATCH, LARGE_ACCEPTED_BATCH, REJECTED_BATCH, EventListener
 
 from osiris_tasks import (
     InProcessRunner,
@@ -92,13 +92,19 @@ def test_many_runs_each_recorded_once(pipeline):
     assert redis.Redis.from_url(settings.result_backend).pubsub_channels("celery-task-meta-*") == []
 
 
-@pytest.mark.parametrize("batch", [ACCEPTED_BATCH, REJECTED_BATCH], ids=["accepted", "rejected"])
+@pytest.mark.parametrize("batch", [ACCEPTED_BATCH, REJECTED_BATCH, LARGE_ACCEPTED_BATCH],
+                         ids=["accepted", "rejected", "large, ticks by reference"])
 def test_parity_in_process_vs_celery(pipeline, tmp_path, batch):
-    """The same batch against the same sidecar gives the same final state both ways."""
+    """The same batch against the same sidecar gives the same final state both ways (a large
+    batch's ticks go through Redis on the Celery path, and stay in memory in process)."""
     settings, listener, store = pipeline
     state = initial_state(batch)
-    submit_run(app, state)
-    celery_row = finished(store, state["run_id"])
+    with StashWatch(settings.redis_url) as stash:
+        submit_run(app, state)
+        celery_row = finished(store, state["run_id"])
+        # Only the large batch goes through Redis; its key is deleted once the run is recorded.
+        expected = ["set", "expire", "del"] if batch is LARGE_ACCEPTED_BATCH else []
+        wait_for(lambda: stash.events(state["run_id"]) == expected, timeout_s=5)
 
     local = Resources.from_settings(settings.with_(lancedb_uri=str(tmp_path / "inproc")))
     final = InProcessRunner(local).run(state)
@@ -112,6 +118,34 @@ def test_parity_in_process_vs_celery(pipeline, tmp_path, batch):
     for column in ("prompt", "raw_completion", "input_query", "status", "proposal"):
         assert celery_row[column] == local_row[column]
     assert final["status"] == celery_row["status"]
+
+
+class StashWatch:
+    """What happens to the runs' stashed ticks (`osiris:ticks:*`), from Redis keyspace
+    notifications, switched on for the watch and restored after it."""
+
+    def __init__(self, url: str):
+        self._client = redis.Redis.from_url(url)
+        self._saved = self._client.config_get("notify-keyspace-events")["notify-keyspace-events"]
+        self._client.config_set("notify-keyspace-events", "Kg$")
+        self._pubsub = self._client.pubsub()
+        self._pubsub.psubscribe("__keyspace@*__:osiris:ticks:*")
+        self._seen: list[tuple[str, str]] = []
+
+    def __enter__(self) -> StashWatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pubsub.close()
+        self._client.config_set("notify-keyspace-events", self._saved)
+        self._client.close()
+
+    def events(self, run_id: str) -> list[str]:
+        """The events on `run_id`'s key so far, in order."""
+        while message := self._pubsub.get_message(timeout=0.05):
+            if message["type"] == "pmessage":
+                self._seen.append((message["channel"].decode(), message["data"].decode()))
+        return [event for channel, event in self._seen if channel.endswith(run_id)]
 
 
 def _queued(client: redis.Redis, queue: str) -> list[dict]:
