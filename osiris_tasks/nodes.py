@@ -207,10 +207,14 @@ def record_run(
     On the `final` attempt a write that fails goes to the dead-letter list instead of being lost,
     and ticks that cannot be read back are recorded as an error, never made up.
     """
-    ref, ticks_json, update = state.get("ticks_ref"), None, {}
+    run_id, ref, ticks_json, update = state["run_id"], state.get("ticks_ref"), None, {}
     if ref:
-        ticks_json = _stashed_ticks(state["run_id"], ref, stash, final)
+        ticks_json = _stashed_ticks(run_id, ref, stash, final)
         if ticks_json is None:
+            done = _recorded_row(store, run_id)
+            if done is not None:  # redelivered after an attempt that recorded it and forgot them
+                return {"recorded": True, "status": done["status"]}
+            logger.error("run_id=%s the batch's ticks (%s) are gone from Redis", run_id, ref)
             update["errors"] = [error_entry("record_run", OsirisError(
                 f"the batch's ticks ({ref}) were gone from Redis; input_query left empty"))]
             state = apply_update(state, update)
@@ -226,8 +230,7 @@ def record_run(
         stash.delete(ref)
     if written is None:
         return {**update, "recorded": False, "status": row["status"]}
-    logger.info("run_id=%s recorded status=%s (new row: %s)", state["run_id"],
-                row["status"], written)
+    logger.info("run_id=%s recorded status=%s (new row: %s)", run_id, row["status"], written)
     return {**update, "recorded": True, "status": row["status"]}
 
 
@@ -240,9 +243,16 @@ def _stashed_ticks(run_id: str, ref: str, stash: TickStash | None, final: bool) 
             raise
         logger.exception("run_id=%s ticks unreadable on the last attempt", run_id)
         return None
-    if ticks_json is None:
-        logger.error("run_id=%s the batch's ticks (%s) are gone from Redis", run_id, ref)
     return ticks_json
+
+
+def _recorded_row(store: RunStore, run_id: str) -> dict[str, Any] | None:
+    """The run's row if it is already written; None if not, or if the store cannot say (the
+    write that follows then fails into the dead-letter list, or is retried)."""
+    try:
+        return store.get_run(run_id)
+    except StoreError:
+        return None
 
 
 def error_entry(node: str, exc: BaseException) -> dict[str, str]:

@@ -70,6 +70,14 @@ def test_ticks_gone_from_redis_are_recorded_as_an_error_not_made_up(res):
     assert [e["node"] for e in update["errors"]] == ["record_run"]
 
 
+def test_a_redelivered_record_after_the_ticks_were_forgotten_keeps_the_row(res):
+    state = market(res, LARGE_ACCEPTED_BATCH)
+    _, first = record(res, state)
+    update, again = record(res, state)  # the key is gone: deleted by the first attempt
+    assert update == {"recorded": True, "status": first["status"]}  # no error: it was recorded
+    assert again == first and len(orjson.loads(again["input_query"])) == len(LARGE_ACCEPTED_BATCH)
+
+
 def test_unreadable_ticks_are_retried_then_recorded_as_an_error(res):
     state = market(res, LARGE_ACCEPTED_BATCH)
     unreachable = redis.Redis(port=free_port(), socket_connect_timeout=1)
