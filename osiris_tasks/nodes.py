@@ -237,13 +237,12 @@ def record_run(
 def _stashed_ticks(run_id: str, ref: str, stash: TickStash | None, final: bool) -> str | None:
     """The ticks' JSON under `ref`; None if gone (or unreadable on the `final` attempt)."""
     try:
-        ticks_json = stash.get(ref) if stash is not None else None
+        return stash.get(ref) if stash is not None else None
     except StoreError:
         if not final:
             raise
         logger.exception("run_id=%s ticks unreadable on the last attempt", run_id)
         return None
-    return ticks_json
 
 
 def _recorded_row(store: RunStore, run_id: str) -> dict[str, Any] | None:
