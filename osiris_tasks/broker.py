@@ -32,6 +32,7 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .fetch import FETCHED_TAG_PREFIX, ReliableFetch
 from .serialization import dumps
@@ -130,9 +131,28 @@ class Channel(ReliableFetch):
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
             return super()._create_client(asynchronous=True)
-        pool, client = self.pool, self._shared_client
+        client = self._shared_client
+        if self._pool is None and not self._has_connection_info():
+            return self._client_of_closed_channel(client)
+        pool = self.pool
         if client is None or client.connection_pool is not pool:
             client = self._shared_client = super()._create_client()
+        return client
+
+    def _has_connection_info(self) -> bool:
+        """Whether kombu can still build a pool: after a connection error Celery collects the
+        connection, which drops the transport's connection info, then closes the channel."""
+        return self.connection is not None and self.connection.client is not None
+
+    def _client_of_closed_channel(self, client: Any) -> Any:
+        """The client a channel closed after a connection error still restores and acks its
+        messages with: its last one (a redis-py pool reconnects on demand). kombu would build
+        a pool from the connection info that is gone, and the AttributeError raised there
+        killed prefork workers that held unacknowledged messages when Redis restarted. With
+        no client yet, a connection error, which kombu and Celery handle (the messages are
+        restored after the visibility timeout)."""
+        if client is None:
+            raise RedisConnectionError("the channel's broker connection is closed")
         return client
 
     def unacked_script(self, source: str, args: list[Any]) -> None:

@@ -1,27 +1,28 @@
 """The Celery canvas of a run, derived from the graph's topology.
 
 The entry path (up to the first router) is one chain submitted by the bridge; the router's task
-submits the continuation the router chose: a chord of parallel nodes joined at
-their common successor, or a plain chain. Every signature carries `run_id` in its kwargs, so
+submits the continuation the router chose: parallel nodes joined in Redis at their common
+successor (`join.py`), or a plain chain. Celery's canvas itself (a chord) serves eager mode,
+the tests of the wiring. Every signature carries `run_id` in its kwargs, so
 Flower shows it and finds it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
 from celery import Celery, chain, chord, group
-from celery.backends.redis import RedisBackend
 from celery.canvas import Signature
-from kombu.utils.uuid import uuid
 
 from . import telemetry
 from .graph import NODE_NAMES, Topology, build_graph
+from .join import RunJoin
+from .state import apply_updates
 
-__all__ = ["build_canvas", "continuation", "submit_continuation", "submit_run", "submit_runs",
-           "task_name", "topology"]
+__all__ = ["build_canvas", "continuation", "submit_after_join", "submit_continuation",
+           "submit_run", "submit_runs", "task_name", "topology"]
 
 STATE_ARGSREPR = "(<run state>,)"
 
@@ -52,20 +53,9 @@ def node_signature(
     if member:
         kwargs["member"] = True
     options = {"argsrepr": STATE_ARGSREPR, "kwargsrepr": repr({"run_id": run_id})}
-    if member and parts_need_results(app):
-        options["ignore_result"] = False  # the chord's join reads the parts' stored results
     args = (dict(state),) if state is not None else ()
     return app.signature(task_name(node), args=args, kwargs=kwargs,
                          immutable=state is not None, **options)
-
-
-def parts_need_results(app: Celery) -> bool:
-    """Whether a chord's parts must store their results for its join: with every result
-    backend but Redis. Redis's chord keeps each part's result in the chord's own list as the
-    part finishes (`on_chord_part_return`, called whether or not the result is stored) and the
-    join reads that list, so a stored copy would be written (one GET and one SET per part) and
-    never read."""
-    return not isinstance(app.backend, RedisBackend)
 
 
 def _path(app: Celery, nodes: Sequence[str], run_id: str, first: Signature) -> Signature:
@@ -100,34 +90,42 @@ def continuation(app: Celery, targets: Sequence[str], state: Mapping[str, Any]) 
 
 
 def submit_continuation(app: Celery, targets: Sequence[str], state: Mapping[str, Any], *,
+                        joins: RunJoin | None = None, join_deadline_s: float = 0.0,
                         eager: bool = False):
-    """Publish `continuation(app, targets, state)`: the messages its `apply_async()` sends,
-    built without the canvas (chain `prepare_steps`, group and chord cloning and freezing,
-    result promises): 1.3–1.5 ms of CPU per run for the evaluators' chord, against 2.2–2.9 ms
-    through the canvas (ad hoc, 300 runs of 100 ticks; a run's entry chain, sent the same way
-    by `submit_run`, takes 0.48 ms).
+    """Publish what runs after a router chose `targets` for `state`.
 
-    For a chord (Redis result backend): the chord's size is set on the backend, then each part
-    goes with the chord's join as its `chord`, in the chord's group at its index; the join
-    carries the rest of the path as its `chain`, and Redis's `on_chord_part_return` sends it
-    when the last part is done, as with Celery's canvas. Eager (`eager`, or the app's
-    `task_always_eager`) and other result backends get the canvas itself; its result is
-    returned then (eager: the final state), None otherwise."""
-    if eager or app.conf.task_always_eager or parts_need_results(app):
+    One target: the chain of its path, as one message. Parallel targets: their join is opened
+    in Redis (`joins`, see `join.py`: not Celery's chord, whose counter loses the run when
+    Redis restarts as a part finishes), then each part is published with the state; the part
+    that completes the join publishes the rest (`submit_after_join`). Eager (`eager`, or the
+    app's `task_always_eager`: tests of the wiring) gets Celery's canvas, run in place; its
+    result (the final state) is returned then, None otherwise."""
+    if eager or app.conf.task_always_eager:
         return continuation(app, targets, state).apply_async()
-    topo, run_id = topology(), state["run_id"]
+    run_id = state["run_id"]
     if len(targets) == 1:
-        _send_path(app, topo.linear_from(targets[0]), run_id, state)
+        _send_path(app, topology().linear_from(targets[0]), run_id, state)
         return None
-    path, group_id = topo.linear_from(topo.join_of(targets)), uuid()
-    join = node_signature(app, path[0], run_id, base=state).set(
-        task_id=uuid(), group_id=group_id, chain=_chain_option(app, path, run_id))
-    app.backend.set_chord_size(group_id, len(targets))
+    if joins is None:
+        raise ValueError("parallel targets need the run joins")
+    topology().join_of(targets)  # fails here, before anything is sent, if there is none
+    joins.open(run_id, state, targets, join_deadline_s)
     with app.producer_or_acquire() as producer, producer.batch():
-        for index, target in enumerate(targets):
+        for target in targets:
             node_signature(app, target, run_id, state=state, member=True).apply_async(
-                chord=join, group_id=group_id, group_index=index, producer=producer)
+                producer=producer)
     return None
+
+
+def submit_after_join(app: Celery, state: Mapping[str, Any],
+                      parts: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Publish the path after a join: `state` (what the parts forked from) with the parts'
+    `(node, update)` pairs merged as LangGraph merges a parallel step. Returns that state."""
+    parts = list(parts)
+    merged = apply_updates(state, parts)
+    path = topology().linear_from(topology().join_of([node for node, _ in parts]))
+    _send_path(app, path, state["run_id"], merged)
+    return merged
 
 
 def submit_run(app: Celery, state: Mapping[str, Any]):

@@ -13,7 +13,9 @@ library, and re-raised ``from`` the original. A risk rejection is a decision, no
     │   ├── SidecarStatusError   non-2xx answer (carries status, retry_after_s)
     │   └── SidecarResponseError 2xx answer whose body is not what the API promises
     ├── StoreError               LanceDB could not read or write
+    ├── MaintenanceProcessDied   the store's maintenance process died mid-call (retried)
     ├── EventError               Redis Pub/Sub publish failed
+    ├── JoinError                a run's parallel step could not be joined (or never was)
     └── BridgeError              the tick bridge cannot go on
 """
 
@@ -23,6 +25,8 @@ __all__ = [
     "BridgeError",
     "ConfigError",
     "EventError",
+    "JoinError",
+    "MaintenanceProcessDied",
     "OsirisError",
     "ProposalInvalid",
     "SidecarError",
@@ -109,8 +113,17 @@ class StoreError(OsirisError):
     """LanceDB could not read or write a table."""
 
 
+class MaintenanceProcessDied(OsirisError, RuntimeError):
+    """The store's maintenance process died before it answered a call (`RunStore` retries
+    it, as a RuntimeError)."""
+
+
 class EventError(OsirisError):
     """An event could not be published on Redis."""
+
+
+class JoinError(OsirisError):
+    """A run's parallel step could not be joined in Redis, or a part never arrived."""
 
 
 class BridgeError(OsirisError):

@@ -22,7 +22,7 @@ from .portfolio import Portfolio
 from .proposal import build_prompt, parse_completion
 from .risk import RiskLimits, Verdict, assess
 from .sidecar import SidecarClient
-from .state import apply_update, run_status
+from .state import UPSTREAM_ERROR_RULE, apply_update, run_status
 from .ticks import validate_tick
 from .tickstash import TickStash
 
@@ -109,7 +109,7 @@ def risk_management(
         verdict = Verdict(False, "batch expired before a proposal was made", "expired")
     elif state.get("errors"):
         verdict = Verdict(False, f"upstream error: {state['errors'][0]['message']}",
-                          "upstream_error")
+                          UPSTREAM_ERROR_RULE)
     else:
         verdict = assess(state.get("proposal"), nav=book["nav"], daily_pnl=book["daily_pnl"],
                          symbols=state.get("symbols") or (), limits=limits)

@@ -15,6 +15,7 @@ import redis
 from .claims import DEFAULT_SEEN_TTL_S
 from .deadletter import DeadLetter
 from .events import EventBus
+from .join import RunJoin
 from .portfolio import Portfolio
 from .risk import RiskLimits
 from .settings import Settings
@@ -45,7 +46,8 @@ def redis_client(url: str) -> redis.Redis:
 
 @dataclass
 class Resources:
-    """Redis, the sidecar client, the run store and what is built on them."""
+    """Redis, the sidecar client, the run store and what is built on them (the portfolio, the
+    event bus, the dead-letter list, the tick stash, the runs' joins)."""
 
     settings: Settings
     redis: redis.Redis
@@ -55,6 +57,7 @@ class Resources:
     deadletter: DeadLetter
     limits: RiskLimits
     stash: TickStash
+    joins: RunJoin
     _store: RunStore | None = field(default=None, repr=False)
     _store_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -91,6 +94,7 @@ class Resources:
             deadletter=DeadLetter(client),
             limits=RiskLimits(settings.max_position_size_pct, settings.max_daily_loss_pct),
             stash=TickStash(client, min_ticks=settings.ticks_by_reference_min),
+            joins=RunJoin(client),
         )
 
     def reset_after_fork(self) -> None:

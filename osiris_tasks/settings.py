@@ -40,6 +40,10 @@ MIN_STORE_CLEANUP_OLDER_THAN_S = 60.0
 # Batches of at least this many ticks travel by reference on the Celery path (tickstash.py; 0:
 # never). Below it the extra round trips (SET, GET, DEL) cost about what smaller messages save.
 DEFAULT_TICKS_BY_REFERENCE_MIN = 50
+# A run's parallel step (the evaluators) must have joined within this many visibility timeouts
+# plus one task time limit (a part redelivered after a killed worker, then run in full) before
+# a sweeper records the run with the parts it has (join.py).
+JOIN_DEADLINE_VISIBILITY_TIMEOUTS = 2
 # How long the TTS task waits for `tts.acknowledged.<tx>` before giving up.
 DEFAULT_TTS_ACK_TIMEOUT_S = 30.0
 
@@ -64,6 +68,7 @@ class Settings:
     store_cleanup_older_than_s: float = DEFAULT_STORE_CLEANUP_OLDER_THAN_S
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
     ticks_by_reference_min: int = DEFAULT_TICKS_BY_REFERENCE_MIN
+    join_deadline_s: float | None = None  # None: derived (see `run_join_deadline_s`)
     tts_enabled: bool = False
     tts_ack_timeout_s: float = DEFAULT_TTS_ACK_TIMEOUT_S
     max_position_size_pct: float = RISK_GATE_CONFIG["max_position_size_pct"]
@@ -103,6 +108,7 @@ class Settings:
                                       DEFAULT_VISIBILITY_TIMEOUT_S),
             ticks_by_reference_min=_int(env, "OSIRIS_TICKS_BY_REFERENCE_MIN",
                                         DEFAULT_TICKS_BY_REFERENCE_MIN),
+            join_deadline_s=_float(env, "OSIRIS_JOIN_DEADLINE_S", None),
             tts_enabled=_bool(env, "OSIRIS_TTS_ENABLED"),
             max_position_size_pct=_float(env, "OSIRIS_MAX_POSITION_SIZE_PCT",
                                          RISK_GATE_CONFIG["max_position_size_pct"]),
@@ -131,6 +137,8 @@ class Settings:
             )
         if self.ticks_by_reference_min < 0:
             raise ConfigError("OSIRIS_TICKS_BY_REFERENCE_MIN must be 0 (never) or more")
+        if self.join_deadline_s is not None and self.join_deadline_s <= 0:
+            raise ConfigError("OSIRIS_JOIN_DEADLINE_S must be positive (or unset)")
         if self.sidecar_retry_budget_s >= self.visibility_timeout_s:
             raise ConfigError(
                 "OSIRIS_VISIBILITY_TIMEOUT_S must exceed the sidecar retry budget "
@@ -147,6 +155,16 @@ class Settings:
         """Hard limit for any task: above the sidecar budget, well under the visibility timeout."""
         return int(min(self.sidecar_retry_budget_s + 30, self.visibility_timeout_s * 0.8))
 
+    @property
+    def run_join_deadline_s(self) -> float:
+        """How long a run's parallel step may take to join before a sweeper records the run
+        with the parts it has: `join_deadline_s`, or by default long enough for a part to be
+        redelivered after a killed worker and run in full."""
+        if self.join_deadline_s is not None:
+            return self.join_deadline_s
+        return (JOIN_DEADLINE_VISIBILITY_TIMEOUTS * self.visibility_timeout_s
+                + self.task_time_limit_s)
+
 
 def redact_url(url: str) -> str:
     """`url` with any password replaced by `***`, for logs and records."""
@@ -159,7 +177,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
     raw = env.get(name)
     if raw in (None, ""):
         return default

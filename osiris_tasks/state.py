@@ -18,6 +18,7 @@ from .ids import new_run_id
 __all__ = [
     "RunState",
     "RunStatus",
+    "UPSTREAM_ERROR_RULE",
     "apply_update",
     "apply_updates",
     "comparable",
@@ -65,6 +66,7 @@ class RunStatus:
     SUCCESS = "success"
     RISK_REJECTED = "success_risk_rejected"
     PARTIAL = "partial_success_with_errors"
+    REJECTED_WITH_ERRORS = "risk_rejected_with_errors"
     ERROR_RISK_REJECTED = "error_risk_rejected"
     ERROR = "error"
     EXPIRED = "expired"
@@ -102,15 +104,25 @@ def _empty(key: str) -> Any:
     return [] if key == "errors" else {}
 
 
+# The risk gate's rule for a run it rejected because a node before it failed.
+UPSTREAM_ERROR_RULE = "upstream_error"
+
+
 def run_status(state: Mapping[str, Any]) -> str:
-    """The run's outcome, from its verdict and errors."""
+    """The run's outcome, from its verdict and errors: where it failed, if it did. An error
+    before the gate makes the gate reject with `UPSTREAM_ERROR_RULE`; any other error came
+    after the gate's decision (an evaluator, publishing, the join, recording)."""
     if state.get("expired"):
         return RunStatus.EXPIRED
     verdict = state.get("verdict") or {}
     if state.get("errors"):
+        if not verdict:
+            return RunStatus.ERROR
         if verdict.get("accepted"):
             return RunStatus.PARTIAL
-        return RunStatus.ERROR_RISK_REJECTED if verdict else RunStatus.ERROR
+        if verdict.get("rule") == UPSTREAM_ERROR_RULE:
+            return RunStatus.ERROR_RISK_REJECTED
+        return RunStatus.REJECTED_WITH_ERRORS
     return RunStatus.SUCCESS if verdict.get("accepted") else RunStatus.RISK_REJECTED
 
 

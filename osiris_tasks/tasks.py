@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-from celery import Task
+from celery import Task, bootsteps
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import (
     worker_init,
@@ -24,18 +25,21 @@ from celery.signals import (
 )
 
 from . import telemetry
-from .canvas import submit_continuation, topology
+from .canvas import submit_after_join, submit_continuation, topology
 from .celery_app import DEFAULT_QUEUE, app, settings_of
-from .errors import StoreError
+from .errors import JoinError, StoreError
 from .graph import NODE_NAMES
+from .join import RunJoin
 from .middleware import guarded, node_function
-from .resources import Resources
+from .nodes import error_entry
+from .resources import Resources, redis_client
 from .state import apply_update, apply_updates
 from .tts import speak_assessment
 
-__all__ = ["NodeTask", "resources", "speak"]
+__all__ = ["JoinSweeper", "NodeTask", "resources", "speak", "sweep_overdue_joins"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Storage failures (LanceDB commit conflicts, a briefly unwritable disk) are retried this often
 # with this backoff before the run is recorded as failed (or dead-lettered).
@@ -43,6 +47,14 @@ STORE_MAX_RETRIES = 3
 STORE_RETRY_BACKOFF_S = 2.0
 
 RESULT_REPR_CHARS = 64
+# A router or a parallel part that cannot reach the run's join in Redis (an outage) tries again
+# for this long, with backoff doubling up to JOIN_RETRY_MAX_S, before its task fails; a sweeper
+# then publishes and records the run after the join's deadline.
+JOIN_RETRY_BUDGET_S = 30.0
+JOIN_RETRY_MIN_S = 0.25
+JOIN_RETRY_MAX_S = 2.0
+# How often a worker of the default queue looks for overdue joins (a cheap ZRANGEBYSCORE).
+JOIN_SWEEP_INTERVAL_S = 5.0
 
 _resources: Resources | None = None
 
@@ -117,6 +129,8 @@ class NodeTask(Task):
                            run_id, self.node, countdown, exc)
             raise self.retry(exc=exc, countdown=countdown) from exc
         if member:
+            if not self.request.is_eager:  # eager: Celery's chord joins the parts
+                self._arrive(state, update)
             return {"node": self.node, "update": update}
         new_state = apply_update(state, update)
         if self.node in topology().routers:
@@ -126,16 +140,104 @@ class NodeTask(Task):
     def _continue(self, state: dict[str, Any]) -> Any:
         """Submit what the router chose, as new tasks (not `replace`, which hands this task's id
         to the last task of the branch, so Flower would lose one task of the run)."""
-        eager = self.request.is_eager
-        result = submit_continuation(self.app, topology().route(self.node, state), state,
-                                     eager=eager)
+        eager, targets = self.request.is_eager, topology().route(self.node, state)
+        deadline_s = settings_of(self.app).run_join_deadline_s
+        result = _join_retrying(
+            lambda: submit_continuation(self.app, targets, state, joins=resources().joins,
+                                        join_deadline_s=deadline_s, eager=eager),
+            state["run_id"], self.node)
         return result.get() if eager else state  # eager: the final state
+
+    def _arrive(self, state: dict[str, Any], update: Mapping[str, Any]) -> None:
+        """Add this part's update to the run's join; the part that completes it publishes the
+        rest of the path (then the join is forgotten)."""
+        run_id, joins = state["run_id"], resources().joins
+        parts = _join_retrying(lambda: joins.arrive(run_id, self.node, update), run_id,
+                               self.node)
+        if parts is not None:
+            submit_after_join(self.app, state, parts.items())
+            joins.finish(run_id)
 
     @staticmethod
     def _incoming_state(incoming: Any, base: Mapping | None) -> dict[str, Any]:
         if isinstance(incoming, list):  # a chord's parts, joined onto the state they forked
             return apply_updates(base or {}, [(p["node"], p["update"]) for p in incoming])
         return dict(incoming)
+
+
+def _join_retrying(call: Callable[[], T], run_id: str, node: str) -> T:
+    """`call()`, tried again on `JoinError` (Redis unreachable) for `JOIN_RETRY_BUDGET_S`."""
+    deadline, delay_s = time.monotonic() + JOIN_RETRY_BUDGET_S, JOIN_RETRY_MIN_S
+    while True:
+        try:
+            return call()
+        except JoinError as exc:
+            if time.monotonic() + delay_s > deadline:
+                logger.error("run_id=%s node=%s gave up reaching the run's join; a sweeper "
+                             "records the run after the join's deadline: %s", run_id, node, exc)
+                raise
+            logger.warning("run_id=%s node=%s join unreachable, retry in %.2f s: %s", run_id,
+                           node, delay_s, exc)
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, JOIN_RETRY_MAX_S)
+
+
+def sweep_overdue_joins(celery: Any, joins: RunJoin, deadline_s: float) -> list[str]:
+    """Publish the rest of every run whose join is past its deadline, with the parts that
+    arrived and an error for each that did not; returns their run_ids."""
+    swept = []
+    for run_id in joins.overdue():
+        join = joins.take_overdue(run_id)
+        if join is None:  # another sweeper has it, or it finished meanwhile
+            continue
+        missing = [node for node in join.nodes if node not in join.parts]
+        updates = list(join.parts.items()) + [
+            (node, {"errors": [error_entry(node, JoinError(
+                f"no outcome within the join's deadline ({deadline_s:g} s): its task was lost "
+                "or could not reach Redis", run_id=run_id, node=node))]})
+            for node in missing]
+        logger.error("run_id=%s join overdue, parts missing: %s; publishing the rest of the run",
+                     run_id, ",".join(missing) or "none (its continuation was lost)")
+        submit_after_join(celery, join.base, updates)
+        joins.finish(run_id)
+        swept.append(run_id)
+    return swept
+
+
+class JoinSweeper(bootsteps.StartStopStep):
+    """In a worker that consumes the default queue: every `JOIN_SWEEP_INTERVAL_S`, publish the
+    rest of the runs whose join is overdue (`join.py`), so a lost part never loses its run.
+    Runs on the worker's timer (in the main process, whatever the pool), with a Redis client
+    of its own."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any):
+        super().__init__(worker, **kwargs)
+        self._tref: Any = None
+        self._joins: RunJoin | None = None
+
+    def start(self, worker: Any) -> None:
+        if DEFAULT_QUEUE not in worker.app.amqp.queues.consume_from:
+            return
+        self._joins = RunJoin(redis_client(settings_of(worker.app).redis_url))
+        self._tref = worker.timer.call_repeatedly(JOIN_SWEEP_INTERVAL_S, self._sweep,
+                                                  args=(worker,))
+
+    def _sweep(self, worker: Any) -> None:
+        try:
+            sweep_overdue_joins(worker.app, self._joins,
+                                settings_of(worker.app).run_join_deadline_s)
+        except Exception:  # never the worker's end: the next sweep tries again
+            logger.exception("sweeping overdue joins failed")
+
+    def stop(self, worker: Any) -> None:
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+
+
+app.steps["worker"].add(JoinSweeper)
 
 
 def _speak_fn():

@@ -55,6 +55,15 @@ def redis_url(redis_server: str) -> Iterator[str]:
     yield redis_server
 
 
+@pytest.fixture
+def persistent_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own, with an fsync-always append-only file, to stop and restart."""
+    server = EmbeddedRedis(persist=True)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def sidecar_server():
     """The reference sidecar on a free loopback port (faults reset by `sidecar_url`)."""
@@ -96,6 +105,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "OSIRIS_SIDECAR_READ_TIMEOUT_S": str(settings.sidecar_read_timeout_s),
         "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
         "OSIRIS_TICKS_BY_REFERENCE_MIN": str(settings.ticks_by_reference_min),
+        "OSIRIS_STORE_MAINTAIN_EVERY_COMMITS": str(settings.store_maintain_every_commits),
         "PYTHONUNBUFFERED": "1",
     })
     if settings.task_events:

@@ -169,6 +169,31 @@ def test_kombu_restores_what_our_qos_kept(redis_url: str):
         again.ack()
 
 
+@pytest.mark.parametrize("then", ["close", "ack"])
+def test_a_channel_whose_connection_was_collected_still_restores_and_acks(redis_url: str, then):
+    """After a connection error Celery collects the broker connection (kombu drops the
+    channel's pools and the transport's connection info), and only then is the channel closed,
+    restoring its unacknowledged messages, or a task running in a prefork child acks through
+    it. kombu built a new pool from the connection info that was gone: an AttributeError that
+    killed prefork workers holding unacknowledged messages when Redis restarted. Both now go
+    through the channel's last client (a redis-py pool reconnects on demand)."""
+    client = redis.Redis.from_url(redis_url)
+    conn = kombu.Connection(redis_url, transport=broker.TRANSPORT)
+    first, second = _deliver(conn, "osiris.test.collected", [{"n": 1}, {"n": 2}])
+    channel = conn.default_channel
+    assert client.hlen("unacked") == 2
+    channel._disconnect_pools()  # what collect() leaves behind: no pool ...
+    conn.transport.client = None  # ... and no connection info to build one from
+    if then == "ack":
+        first.ack()
+        assert client.hlen("unacked") == 1
+    channel.close()
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    restored = sorted(json.loads(_body(json.loads(raw)))["n"] for raw in client.lrange(
+        "osiris.test.collected", 0, -1))
+    assert restored == ([2] if then == "ack" else [1, 2])
+
+
 def test_the_scripts_are_loaded_again_after_a_script_flush(redis_url: str, connection):
     client = redis.Redis.from_url(redis_url)
     first, = _deliver(connection, "osiris.test.qos", [{"n": 1}])

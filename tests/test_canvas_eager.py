@@ -1,7 +1,8 @@
 """Canvas wiring in eager mode: each path of the graph, on real Redis, LanceDB and sidecar.
 
-Eager mode only replaces the broker; the real-worker suite (test_pipeline_worker.py) is the one
-that proves serialization, routing and the chord on a real backend.
+Eager mode only replaces the broker (and joins the evaluators with Celery's chord, in place); the
+real-worker suite (test_pipeline_worker.py) is the one that proves serialization, routing and
+the Redis join (join.py).
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ from __future__ import annotations
 import orjson
 import pytest
 import redis
-from celery import Celery
 from pipeline_helpers import ACCEPTED_BATCH, LARGE_ACCEPTED_BATCH, REJECTED_BATCH
 
 from osiris_tasks import app, configure, initial_state, submit_run
-from osiris_tasks.canvas import build_canvas, continuation
+from osiris_tasks.canvas import build_canvas
 from osiris_tasks.reference_sidecar import Faults
 from osiris_tasks.store import RunStore
 
@@ -47,21 +47,6 @@ def test_canvas_starts_with_the_entry_chain_and_carries_run_id(eager):
     assert names == ["osiris.query_market", "osiris.generate_proposal", "osiris.risk_management"]
     assert all(t.kwargs["run_id"] == state["run_id"] for t in canvas.tasks)
     assert canvas.tasks[0].options["task_id"] == state["run_id"]
-
-
-@pytest.mark.parametrize(("backend", "stored"), [
-    ("redis://127.0.0.1:6379/0", False),
-    ("rediss://127.0.0.1:6380/0?ssl_cert_reqs=required", False), ("cache+memory://", True),
-])
-def test_chord_parts_store_results_only_where_the_join_reads_them(backend: str, stored: bool):
-    # Redis's chord hands the parts' results to its join in its own list; other backends
-    # make the join read each part's stored result.
-    other = Celery("canvas-test", backend=backend)
-    state = initial_state(ACCEPTED_BATCH)
-    canvas = continuation(other, ["evaluate_proposal", "score_proposal"], state)
-    parts = canvas.tasks[0].tasks  # chain(chord(parts, join), ...)
-    assert [p.kwargs.get("member") for p in parts] == [True, True]
-    assert all(p.options.get("ignore_result", True) is not stored for p in parts)
 
 
 def test_accepted_path_runs_the_chord(eager):

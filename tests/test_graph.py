@@ -54,6 +54,9 @@ def test_run_status():
     assert run_status({"verdict": accepted}) == RunStatus.SUCCESS
     assert run_status({"verdict": rejected}) == RunStatus.RISK_REJECTED
     assert run_status({"verdict": accepted, "errors": err}) == RunStatus.PARTIAL
-    assert run_status({"verdict": rejected, "errors": err}) == RunStatus.ERROR_RISK_REJECTED
+    upstream = {"accepted": False, "rule": "upstream_error"}
+    assert run_status({"verdict": upstream, "errors": err}) == RunStatus.ERROR_RISK_REJECTED
+    # The gate rejected on its own; the error came after it (e.g. publishing the event).
+    assert run_status({"verdict": rejected, "errors": err}) == RunStatus.REJECTED_WITH_ERRORS
     assert run_status({"errors": err}) == RunStatus.ERROR
     assert run_status({"expired": True, "verdict": rejected}) == RunStatus.EXPIRED

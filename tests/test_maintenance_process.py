@@ -1,7 +1,8 @@
-"""The store's maintenance process: a real spawned process, its lifecycle and its exit."""
+"""The store's maintenance process: a real child process, its lifecycle and its exit."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+from osiris_tasks.errors import MaintenanceProcessDied
 from osiris_tasks.maintenance_process import MaintenanceProcess
 
 
@@ -74,9 +76,11 @@ def test_a_killed_process_fails_its_call_site_once_then_is_replaced(make_process
     pid = process.call(os.getpid)
     os.kill(pid, signal.SIGKILL)
 
-    with pytest.raises(RuntimeError):  # BrokenProcessPool, a RuntimeError: RunStore retries
-        for _ in range(50):  # until the pool has noticed its process is gone
-            process.call(time.sleep, 0.05)
+    with pytest.raises(MaintenanceProcessDied) as died:
+        process.call(os.getpid)
+
+    assert isinstance(died.value, RuntimeError)  # what RunStore retries
+    assert process.pid is None
 
     assert process.call(os.getpid) not in (None, pid)
 
@@ -102,3 +106,64 @@ def test_the_process_exits_when_its_parent_is_killed():
     finally:
         parent.kill()
         parent.stdout.close()
+
+
+def _call_getpid_in_a_maintenance_process(results) -> None:
+    """In a daemonic process: what a prefork worker's pool process is."""
+    process = MaintenanceProcess(max_calls=10, idle_s=60)
+    try:
+        results.put(("ok", process.call(os.getpid)))
+    except Exception as exc:
+        results.put(("error", repr(exc)))
+    finally:
+        process.close()
+
+
+def test_calls_work_from_a_daemonic_process():
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    daemon = context.Process(target=_call_getpid_in_a_maintenance_process, args=(results,),
+                             daemon=True)
+    daemon.start()
+    try:
+        status, value = results.get(timeout=30)
+    finally:
+        daemon.join(10)
+        daemon.kill()
+
+    assert status == "ok", value  # not "daemonic processes are not allowed to have children"
+    assert value not in (os.getpid(), daemon.pid)
+
+
+def _print_and_return(text: str) -> str:
+    print(text)
+    return text
+
+
+def test_what_the_call_prints_does_not_reach_the_replies(make_process, capfd):
+    process = make_process(max_calls=10, idle_s=60)
+
+    assert process.call(_print_and_return, "hello") == "hello"
+    assert process.call(_print_and_return, "again") == "again"
+    assert "hello" in capfd.readouterr().err  # the child's stdout is its (our) stderr
+
+
+class _KeywordError(Exception):
+    """Pickles, but cannot be rebuilt from its args."""
+
+    def __init__(self, message: str, *, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def _raise_keyword_error() -> None:
+    raise _KeywordError("busy", status=503)
+
+
+def test_an_exception_that_cannot_be_rebuilt_comes_back_as_its_text(make_process):
+    process = make_process(max_calls=10, idle_s=60)
+
+    with pytest.raises(RuntimeError, match="_KeywordError: busy") as raised:
+        process.call(_raise_keyword_error)
+
+    assert "_raise_keyword_error" in str(raised.value.__cause__)  # the child's traceback

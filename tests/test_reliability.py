@@ -32,7 +32,7 @@ from osiris_tasks import InProcessRunner, Resources, Settings, app, configure, i
 from osiris_tasks.bridge import Bridge, BridgeConfig
 from osiris_tasks.canvas import submit_run
 from osiris_tasks.deadletter import DEADLETTER_KEY, DeadLetter
-from osiris_tasks.embedded_redis import EmbeddedRedis, free_port
+from osiris_tasks.embedded_redis import free_port
 from osiris_tasks.events import MARKER_PREFIX, event_id
 from osiris_tasks.reference_sidecar import GARBAGE_BODY, Faults
 from osiris_tasks.store import ADVICE_TABLE, RunStore
@@ -494,15 +494,6 @@ def test_sidecar_faults_on_a_real_worker(settings, sidecar_server, worker_factor
 
 def tick_series(symbol: str, n: int, start_close: float = 100.0) -> list[dict]:
     return ticks([start_close + (i % 2) for i in range(n)], symbol=symbol, start=time.time())
-
-
-@pytest.fixture
-def persistent_redis():
-    """A Redis of this test's own, with an fsync-always append-only file, to stop and restart."""
-    server = EmbeddedRedis(persist=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 def own_settings(url: str, sidecar_url: str, tmp_path: Path, **changes) -> Settings:
