@@ -6,8 +6,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from osiris_tasks.sim import synthetic_ticks
-from osiris_tasks.state import initial_state
+from osiris_tasks.tools.sim import synthetic_ticks
+from osiris_tasks.workflow.state import initial_state
 
 from .rows import finished_state
 
@@ -17,8 +17,9 @@ SYMBOLS = ("AAPL", "MSFT", "NVDA")
 TICKS_PER_RUN = 10
 
 
-def run_states(count: int, *, seed: int = 11, accepted: bool = False,
-               ticks_per_run: int = TICKS_PER_RUN) -> list[dict[str, Any]]:
+def run_states(
+    count: int, *, seed: int = 11, accepted: bool = False, ticks_per_run: int = TICKS_PER_RUN
+) -> list[dict[str, Any]]:
     """`count` initial run states, each with its own batch of synthetic ticks; with `accepted`,
     only batches whose proposal (the reference policy's) the risk gate accepts, so every run
     takes the whole graph: 7 tasks with the evaluators' chord."""

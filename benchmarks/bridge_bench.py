@@ -15,7 +15,7 @@ restored afterwards), so Redis holds the backlog instead of disconnecting the su
 
 - baseline: `redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)` and a
   `get_message(timeout=...)` loop that only counts (hiredis parser).
-- measured: `python -m osiris_tasks.cli bridge` in its own process, started as the Procfile
+- measured: `python -m osiris_tasks.tools.cli bridge` in its own process, started as the Procfile
   and docker-compose.yml start it (glibc malloc, not the worker profiles' jemalloc: under
   jemalloc the bridge's RSS swung with each burst, +10 to +20 MB in four runs, against +0.2
   and -0.3 MB with glibc), `ticks_per_proposal` ticks per run, submitting every run with the
@@ -51,10 +51,10 @@ from pathlib import Path
 import orjson
 import redis
 
-from osiris_tasks.bridge import ADVICE_CHANNEL, STATS_KEY
-from osiris_tasks.celery_app import QUEUES
-from osiris_tasks.processes import terminate
-from osiris_tasks.sim import synthetic_ticks
+from osiris_tasks.bridge.service import ADVICE_CHANNEL, STATS_KEY
+from osiris_tasks.tasks.celery_app import QUEUES
+from osiris_tasks.tools.processes import terminate
+from osiris_tasks.tools.sim import synthetic_ticks
 
 from .env import REPO, bench_settings, process_env, rss_mb
 from .report import Figure, Report
@@ -96,15 +96,14 @@ return #ticks
 
 @dataclass(frozen=True)
 class Sizes:
-    burst_ticks: int         # ticks each consumer drains for the rate (also the stored ticks)
-    sustained_s: float       # seconds of ticks published at 0.8 x the bare rate
-    memory_ticks: int        # ticks the bridge reads while its RSS is sampled
+    burst_ticks: int  # ticks each consumer drains for the rate (also the stored ticks)
+    sustained_s: float  # seconds of ticks published at 0.8 x the bare rate
+    memory_ticks: int  # ticks the bridge reads while its RSS is sampled
     ticks_per_proposal: int  # ticks per run
 
 
 QUICK = Sizes(burst_ticks=60_000, sustained_s=3.0, memory_ticks=100_000, ticks_per_proposal=100)
-FULL = Sizes(burst_ticks=300_000, sustained_s=10.0, memory_ticks=1_000_000,
-             ticks_per_proposal=100)
+FULL = Sizes(burst_ticks=300_000, sustained_s=10.0, memory_ticks=1_000_000, ticks_per_proposal=100)
 TINY = Sizes(burst_ticks=3_000, sustained_s=0.5, memory_ticks=3_000, ticks_per_proposal=10)
 
 
@@ -166,7 +165,7 @@ class Publisher:
 def unlimited_pubsub_buffer(client: redis.Redis) -> Iterator[None]:
     """Redis keeps any Pub/Sub backlog (`pubsub 0 0 0`) in the block; the old limit after."""
     words = client.config_get(BUFFER_LIMIT)[BUFFER_LIMIT].split()
-    limits = {words[i]: words[i + 1:i + 4] for i in range(0, len(words), 4)}
+    limits = {words[i]: words[i + 1 : i + 4] for i in range(0, len(words), 4)}
     client.config_set(BUFFER_LIMIT, NO_BUFFER_LIMIT)
     try:
         yield
@@ -209,7 +208,7 @@ def raw_drain(redis_url: str, publisher: Publisher, ticks: int) -> tuple[float, 
 
 
 class BridgeProcess:
-    """`python -m osiris_tasks.cli bridge` on CHANNEL as a subprocess; `with` stops it."""
+    """`python -m osiris_tasks.tools.cli bridge` on CHANNEL as a subprocess; `with` stops it."""
 
     def __init__(self, redis_url: str, ticks_per_proposal: int):
         self._client = redis.Redis.from_url(redis_url)
@@ -217,13 +216,29 @@ class BridgeProcess:
         settings = bench_settings(redis_url, "http://unused", tempfile.gettempdir())
         # Open as long as the bridge runs: closed (and removed) by _shut_down().
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            prefix="osiris-bench-bridge-", suffix=".log", delete=False, mode="w+")
+            prefix="osiris-bench-bridge-", suffix=".log", delete=False, mode="w+"
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "osiris_tasks.cli", "bridge", "--redis_url", redis_url,
-             "--market_channel", CHANNEL, "--ticks_per_proposal", str(ticks_per_proposal),
-             "--log_level", "WARNING"],
-            cwd=REPO, env=process_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "osiris_tasks.tools.cli",
+                "bridge",
+                "--redis_url",
+                redis_url,
+                "--market_channel",
+                CHANNEL,
+                "--ticks_per_proposal",
+                str(ticks_per_proposal),
+                "--log_level",
+                "WARNING",
+            ],
+            cwd=REPO,
+            env=process_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_subscribed(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Until the bridge is subscribed to CHANNEL."""
@@ -306,11 +321,14 @@ def check_no_loss(counters: dict[str, int], published: int) -> None:
     batched, received = counters["ticks_batched"], counters["ticks_received"]
     problems = [f"received {received} of {published}"] if received != published else []
     if counters["ticks_rejected"] or counters["ticks_coalesced"]:
-        problems.append(f"rejected {counters['ticks_rejected']}, coalesced "
-                        f"{counters['ticks_coalesced']}")
+        problems.append(
+            f"rejected {counters['ticks_rejected']}, coalesced {counters['ticks_coalesced']}"
+        )
     if batched != received or counters["runs_abandoned"] or counters["submit_failures"]:
-        problems.append(f"batched {batched}, abandoned {counters['runs_abandoned']}, "
-                        f"submit failures {counters['submit_failures']}")
+        problems.append(
+            f"batched {batched}, abandoned {counters['runs_abandoned']}, "
+            f"submit failures {counters['submit_failures']}"
+        )
     if problems:
         raise RuntimeError("the bridge lost ticks: " + "; ".join(problems))
 
@@ -318,8 +336,9 @@ def check_no_loss(counters: dict[str, int], published: int) -> None:
 # -- figures ----------------------------------------------------------------------------------
 
 
-def _bridge_drain(sizes: Sizes, redis_url: str, publisher: Publisher,
-                  ticks: int) -> tuple[float, int, dict[str, int]]:
+def _bridge_drain(
+    sizes: Sizes, redis_url: str, publisher: Publisher, ticks: int
+) -> tuple[float, int, dict[str, int]]:
     """The bridge process draining a burst of `ticks` while submitting its runs: ticks/s, the
     runs it queued, and its final counters (checked for loss)."""
     per_run = sizes.ticks_per_proposal
@@ -337,8 +356,9 @@ def _bridge_drain(sizes: Sizes, redis_url: str, publisher: Publisher,
     return ticks / (finished - started), runs, counters
 
 
-def drain_rates(report: Report, sizes: Sizes, redis_url: str, publisher: Publisher,
-                ticks: int) -> Figure:
+def drain_rates(
+    report: Report, sizes: Sizes, redis_url: str, publisher: Publisher, ticks: int
+) -> Figure:
     """The baseline (a bare redis-py subscriber) and the bridge, each draining the same burst,
     RATE_ROUNDS times interleaved (one drain of each is at the mercy of the machine's noise):
     the medians; the baseline's figure is returned."""
@@ -348,20 +368,36 @@ def drain_rates(report: Report, sizes: Sizes, redis_url: str, publisher: Publish
         raw_rates.append(ticks / spent_s)
         rate, runs, counters = _bridge_drain(sizes, redis_url, publisher, ticks)
         bridge_rates.append(rate)
-    raw = report.add(NAME, f"bare redis-py subscriber (get_message loop), drain rate, median of "
-                     f"{RATE_ROUNDS}", statistics.median(raw_rates), "ticks/s", ticks=ticks,
-                     parser=parser, rates=[round(r) for r in raw_rates])
-    report.add(NAME, f"osiris bridge, {sizes.ticks_per_proposal} ticks per run, submitting runs, "
-               f"drain rate, median of {RATE_ROUNDS}", statistics.median(bridge_rates),
-               "ticks/s", baseline=raw, ticks=ticks, rates=[round(r) for r in bridge_rates],
-               round_ratios=[round(bridge / bare, 2)
-                             for bridge, bare in zip(bridge_rates, raw_rates, strict=True)],
-               runs_queued=runs, counters=counters)
+    raw = report.add(
+        NAME,
+        f"bare redis-py subscriber (get_message loop), drain rate, median of {RATE_ROUNDS}",
+        statistics.median(raw_rates),
+        "ticks/s",
+        ticks=ticks,
+        parser=parser,
+        rates=[round(r) for r in raw_rates],
+    )
+    report.add(
+        NAME,
+        f"osiris bridge, {sizes.ticks_per_proposal} ticks per run, submitting runs, "
+        f"drain rate, median of {RATE_ROUNDS}",
+        statistics.median(bridge_rates),
+        "ticks/s",
+        baseline=raw,
+        ticks=ticks,
+        rates=[round(r) for r in bridge_rates],
+        round_ratios=[
+            round(bridge / bare, 2) for bridge, bare in zip(bridge_rates, raw_rates, strict=True)
+        ],
+        runs_queued=runs,
+        counters=counters,
+    )
     return raw
 
 
-def sustained(report: Report, sizes: Sizes, redis_url: str, publisher: Publisher,
-              raw: Figure) -> None:
+def sustained(
+    report: Report, sizes: Sizes, redis_url: str, publisher: Publisher, raw: Figure
+) -> None:
     """The bridge fed at 0.8 x the bare rate, default buffer limits: ticks lost."""
     rate = SUSTAINED_FRACTION * raw.value
     with BridgeProcess(redis_url, sizes.ticks_per_proposal) as bridge:
@@ -373,11 +409,18 @@ def sustained(report: Report, sizes: Sizes, redis_url: str, publisher: Publisher
         last_run, caught_up = bridge.wait_runs(full_runs(published, sizes.ticks_per_proposal))
         counters = bridge.stop()
     lost = published - counters["ticks_received"]
-    report.add(NAME, f"osiris bridge fed at {SUSTAINED_FRACTION}x the bare rate for "
-               f"{sizes.sustained_s:g} s, default buffer limits: ticks lost", lost, "ticks",
-               published=published, published_per_s=round(published / spent_s),
-               caught_up=caught_up,
-               catch_up_s=round(max(last_run - finished, 0.0), 3), counters=counters)
+    report.add(
+        NAME,
+        f"osiris bridge fed at {SUSTAINED_FRACTION}x the bare rate for "
+        f"{sizes.sustained_s:g} s, default buffer limits: ticks lost",
+        lost,
+        "ticks",
+        published=published,
+        published_per_s=round(published / spent_s),
+        caught_up=caught_up,
+        catch_up_s=round(max(last_run - finished, 0.0), 3),
+        counters=counters,
+    )
 
 
 def memory(report: Report, sizes: Sizes, redis_url: str, publisher: Publisher) -> None:
@@ -399,9 +442,17 @@ def memory(report: Report, sizes: Sizes, redis_url: str, publisher: Publisher) -
     ticks, half = step * MEMORY_STEPS, MEMORY_STEPS // 2
     # Over the second half only: the first tenths still include warm-up.
     slope = (samples[-1] - samples[half - 1]) / (step * half) * 100_000
-    report.add(NAME, f"osiris bridge RSS growth over {ticks} ticks (after the first 10%)",
-               max(samples[1:]) - samples[0], "MB", idle_mb=round(idle_mb, 1), rss_mb=samples,
-               mb_per_100k_ticks=round(slope, 2), runs_completed=completed, counters=counters)
+    report.add(
+        NAME,
+        f"osiris bridge RSS growth over {ticks} ticks (after the first 10%)",
+        max(samples[1:]) - samples[0],
+        "MB",
+        idle_mb=round(idle_mb, 1),
+        rss_mb=samples,
+        mb_per_100k_ticks=round(slope, 2),
+        runs_completed=completed,
+        counters=counters,
+    )
 
 
 def run(report: Report, *, sizes: Sizes, redis_url: str) -> None:
@@ -415,10 +466,12 @@ def run(report: Report, *, sizes: Sizes, redis_url: str) -> None:
         sustained(report, sizes, redis_url, publisher, raw)
         with unlimited_pubsub_buffer(client):
             memory(report, sizes, redis_url, publisher)
-        report.note(f"bridge: ticks published server-side (Lua); drain rates are bursts "
-                    f"read with client-output-buffer-limit '{NO_BUFFER_LIMIT}' (restored "
-                    "after); the bridge's runs queue in the broker with no worker, the memory "
-                    "run completes them by publishing advice.generated")
+        report.note(
+            f"bridge: ticks published server-side (Lua); drain rates are bursts "
+            f"read with client-output-buffer-limit '{NO_BUFFER_LIMIT}' (restored "
+            "after); the bridge's runs queue in the broker with no worker, the memory "
+            "run completes them by publishing advice.generated"
+        )
     finally:
         client.delete(TICKS_KEY, STATS_KEY, *QUEUES)
         client.close()

@@ -17,14 +17,21 @@ from pathlib import Path
 
 import redis
 
-from osiris_tasks.embedded_redis import EmbeddedRedis, free_port
-from osiris_tasks.processes import terminate
-from osiris_tasks.reference_sidecar import Faults, make_server
 from osiris_tasks.settings import Settings
+from osiris_tasks.tools.embedded_redis import EmbeddedRedis, free_port
+from osiris_tasks.tools.processes import terminate
+from osiris_tasks.tools.reference_sidecar import Faults, make_server
 
 __all__ = [
-    "Worker", "bench_settings", "cpu_s", "du_bytes", "embedded_redis", "sidecar",
-    "process_env", "sidecar_process", "worker_env",
+    "Worker",
+    "bench_settings",
+    "cpu_s",
+    "du_bytes",
+    "embedded_redis",
+    "sidecar",
+    "process_env",
+    "sidecar_process",
+    "worker_env",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,9 +70,23 @@ def sidecar_process(latency_ms: float = 0) -> Iterator[SidecarProcess]:
     """`osiris sidecar` in its own process (its CPU apart from the client's): its URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "osiris_tasks.cli", "sidecar", "--port", str(port),
-         "--latency_ms", str(latency_ms), "--log_level", "WARNING"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "osiris_tasks.tools.cli",
+            "sidecar",
+            "--port",
+            str(port),
+            "--latency_ms",
+            str(latency_ms),
+            "--log_level",
+            "WARNING",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = SidecarProcess(f"http://127.0.0.1:{port}")
     url.pid = proc.pid
     try:
@@ -144,10 +165,16 @@ def _children(tasks: list[Path]) -> list[int]:
 
 
 def bench_settings(redis_url: str, sidecar_url: str, lancedb_uri: str) -> Settings:
-    return Settings.from_env({}, redis_url=redis_url, broker_url=redis_url,
-                             result_backend=redis_url, sidecar_url=sidecar_url,
-                             lancedb_uri=lancedb_uri, visibility_timeout_s=120,
-                             sidecar_retry_budget_s=20.0)
+    return Settings.from_env(
+        {},
+        redis_url=redis_url,
+        broker_url=redis_url,
+        result_backend=redis_url,
+        sidecar_url=sidecar_url,
+        lancedb_uri=lancedb_uri,
+        visibility_timeout_s=120,
+        sidecar_retry_budget_s=20.0,
+    )
 
 
 @functools.cache
@@ -156,28 +183,36 @@ def memory_env(jemalloc: bool = True) -> dict[str, str]:
     (every worker profile) sets them here; `jemalloc=False` is the profiles with
     `OSIRIS_JEMALLOC=0`."""
     env = {**os.environ, "OSIRIS_JEMALLOC": "1" if jemalloc else "0"}
-    script = ('. workers/memory.sh; printf "%s\\n%s\\n%s" "$MALLOC_ARENA_MAX" '
-              '"$ARROW_DEFAULT_MEMORY_POOL" "${LD_PRELOAD:-}"')
-    out = subprocess.run(["sh", "-c", script], cwd=REPO, env=env, capture_output=True,
-                         text=True, check=True).stdout
+    script = (
+        '. workers/memory.sh; printf "%s\\n%s\\n%s" "$MALLOC_ARENA_MAX" '
+        '"$ARROW_DEFAULT_MEMORY_POOL" "${LD_PRELOAD:-}"'
+    )
+    out = subprocess.run(
+        ["sh", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
     arenas, arrow_pool, preload = out.split("\n")
-    return {"MALLOC_ARENA_MAX": arenas, "ARROW_DEFAULT_MEMORY_POOL": arrow_pool,
-            **({"LD_PRELOAD": preload} if preload else {})}
+    return {
+        "MALLOC_ARENA_MAX": arenas,
+        "ARROW_DEFAULT_MEMORY_POOL": arrow_pool,
+        **({"LD_PRELOAD": preload} if preload else {}),
+    }
 
 
 def process_env(settings: Settings) -> dict[str, str]:
     """The environment that makes an `osiris` subprocess read `settings`, with the allocator
     it inherits: how the Procfile and docker-compose.yml start the bridge."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSIRIS_", "CELERY_",
-                                                                   "OTEL_"))}
-    env.update({
-        "OSIRIS_REDIS_URL": settings.redis_url, "OSIRIS_SIDECAR_URL": settings.sidecar_url,
-        "OSIRIS_LANCEDB_URI": settings.lancedb_uri,
-        "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
-        "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
-        "OSIRIS_TICKS_BY_REFERENCE_MIN": str(settings.ticks_by_reference_min),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSIRIS_", "CELERY_", "OTEL_"))}
+    env.update(
+        {
+            "OSIRIS_REDIS_URL": settings.redis_url,
+            "OSIRIS_SIDECAR_URL": settings.sidecar_url,
+            "OSIRIS_LANCEDB_URI": settings.lancedb_uri,
+            "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
+            "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
+            "OSIRIS_TICKS_BY_REFERENCE_MIN": str(settings.ticks_by_reference_min),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -190,19 +225,41 @@ def worker_env(settings: Settings, *, jemalloc: bool = True) -> dict[str, str]:
 class Worker:
     """`celery -A APP worker ARGS` as a subprocess; `with Worker(...)` stops it."""
 
-    def __init__(self, settings: Settings, *args: str, app_module: str = "osiris_tasks",
-                 jemalloc: bool = True):
+    def __init__(
+        self,
+        settings: Settings,
+        *args: str,
+        app_module: str = "osiris_tasks",
+        jemalloc: bool = True,
+    ):
         # Open as long as the worker runs: closed (and removed) by stop().
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            prefix="osiris-bench-worker-", suffix=".log", delete=False, mode="w+")
+            prefix="osiris-bench-worker-", suffix=".log", delete=False, mode="w+"
+        )
         self.name = f"bench-{os.getpid()}-{id(self)}@{socket.gethostname()}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", app_module, "worker", "-l", "WARNING",
-             "--without-mingle", "--without-gossip", "--without-heartbeat",
-             "-n", self.name, *args],
-            cwd=REPO, env=worker_env(settings, jemalloc=jemalloc), stdout=self.log,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app_module,
+                "worker",
+                "-l",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+                "-n",
+                self.name,
+                *args,
+            ],
+            cwd=REPO,
+            env=worker_env(settings, jemalloc=jemalloc),
+            stdout=self.log,
             stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True,
+        )
 
     def wait_ready(self, app, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
         """Until the worker answers a ping (its pool is up)."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from osiris_tasks.celery_app import celery_config
-from osiris_tasks.serialization import register_serializer
 from osiris_tasks.settings import Settings
+from osiris_tasks.tasks.celery_app import celery_config
+from osiris_tasks.transport.serialization import register_serializer
 
 from .naive_app import noop_chain
 

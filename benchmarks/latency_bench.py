@@ -47,11 +47,11 @@ import orjson
 import redis
 
 from osiris_tasks import app, configure, submit_run
-from osiris_tasks.bridge import ADVICE_CHANNEL, Bridge, BridgeConfig
-from osiris_tasks.celery_app import DEFAULT_QUEUE, SIDECAR_QUEUE, TTS_QUEUE
-from osiris_tasks.resources import Resources
-from osiris_tasks.runner import InProcessRunner
-from osiris_tasks.store import RUNS_TABLE, RunStore
+from osiris_tasks.adapters.resources import Resources
+from osiris_tasks.bridge.service import ADVICE_CHANNEL, Bridge, BridgeConfig
+from osiris_tasks.keys import DEFAULT_QUEUE, SIDECAR_QUEUE, TTS_QUEUE
+from osiris_tasks.store.runstore import RUNS_TABLE, RunStore
+from osiris_tasks.workflow.runner import InProcessRunner
 
 from .batches import TICKS_PER_RUN, run_states
 from .env import (
@@ -88,30 +88,42 @@ EVALUATORS = ("evaluate_proposal", "score_proposal")
 class Sizes:
     """How much each part measures."""
 
-    warmup_runs: int      # runs before measuring: imports, tables, connections
-    latency_runs: int     # measured runs per worker layout (and in-process)
+    warmup_runs: int  # runs before measuring: imports, tables, connections
+    latency_runs: int  # measured runs per worker layout (and in-process)
     run_interval_s: float  # one batch completes every this many seconds
-    memory_runs: int      # runs through the worker whose RSS is sampled
+    memory_runs: int  # runs through the worker whose RSS is sampled
     memory_inflight: int  # most runs submitted without their advice.generated yet
 
 
-QUICK = Sizes(warmup_runs=5, latency_runs=60, run_interval_s=0.15, memory_runs=1_000,
-              memory_inflight=50)
-FULL = Sizes(warmup_runs=10, latency_runs=500, run_interval_s=0.15, memory_runs=10_000,
-             memory_inflight=50)
+QUICK = Sizes(
+    warmup_runs=5, latency_runs=60, run_interval_s=0.15, memory_runs=1_000, memory_inflight=50
+)
+FULL = Sizes(
+    warmup_runs=10, latency_runs=500, run_interval_s=0.15, memory_runs=10_000, memory_inflight=50
+)
 
 
 def _threads(queues: Sequence[str], concurrency: int) -> tuple[str, ...]:
     """A threads worker's arguments, with the `workers/osiris.*` profiles' prefetch."""
-    return ("-Q", ",".join(queues), "--pool", "threads", "--concurrency", str(concurrency),
-            "--prefetch-multiplier", "1")
+    return (
+        "-Q",
+        ",".join(queues),
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(concurrency),
+        "--prefetch-multiplier",
+        "1",
+    )
 
 
 SINGLE = "1 worker, threads x32, every queue"
 # Worker layouts measured: label -> one argument tuple per worker process.
 LAYOUTS = {
     "production: default threads x16 + sidecar threads x32": [
-        _threads([DEFAULT_QUEUE], 16), _threads([SIDECAR_QUEUE], 32)],
+        _threads([DEFAULT_QUEUE], 16),
+        _threads([SIDECAR_QUEUE], 32),
+    ],
     SINGLE: [_threads([DEFAULT_QUEUE, SIDECAR_QUEUE, TTS_QUEUE], 32)],
 }
 
@@ -155,8 +167,10 @@ class AdviceListener:
         `timeout_s`."""
         with self._cond:
             if not self._cond.wait_for(ready, timeout_s):
-                raise RuntimeError(f"no advice.generated within {timeout_s} s "
-                                   f"({len(self._arrived)} received so far)")
+                raise RuntimeError(
+                    f"no advice.generated within {timeout_s} s "
+                    f"({len(self._arrived)} received so far)"
+                )
 
     def arrival(self, run_id: str, timeout_s: float = ADVICE_TIMEOUT_S) -> tuple[float, str]:
         """`(perf_counter() at arrival, status)` of `run_id`'s event, waiting for it."""
@@ -199,11 +213,13 @@ def running_bridge(redis_url: str) -> Iterator[dict[float, Submission]]:
     def submit(state: dict[str, Any]) -> None:
         called = time.perf_counter()
         submit_run(app, state)
-        submitted[batch_key(state["ticks"])] = Submission(state["run_id"], called,
-                                                          time.perf_counter())
+        submitted[batch_key(state["ticks"])] = Submission(
+            state["run_id"], called, time.perf_counter()
+        )
 
-    config = BridgeConfig(redis_url, market_channel=CHANNEL, ticks_per_proposal=TICKS_PER_RUN,
-                          group_by="none")
+    config = BridgeConfig(
+        redis_url, market_channel=CHANNEL, ticks_per_proposal=TICKS_PER_RUN, group_by="none"
+    )
     bridge = Bridge(config, submit)
     thread = threading.Thread(target=bridge.run, name="bench-bridge", daemon=True)
     thread.start()
@@ -252,9 +268,15 @@ def _sleep_until(deadline: float) -> None:
 def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
     """p50, p90, p99 and max of `samples_s`, in ms."""
     cuts = statistics.quantiles(samples_s, n=100, method="inclusive")
-    return {name: round(value * 1000, 2) for name, value in
-            (("p50", statistics.median(samples_s)), ("p90", cuts[89]), ("p99", cuts[98]),
-             ("max", max(samples_s)))}
+    return {
+        name: round(value * 1000, 2)
+        for name, value in (
+            ("p50", statistics.median(samples_s)),
+            ("p90", cuts[89]),
+            ("p99", cuts[98]),
+            ("max", max(samples_s)),
+        )
+    }
 
 
 def _median_ms(samples_s: Sequence[float]) -> float:
@@ -264,8 +286,9 @@ def _median_ms(samples_s: Sequence[float]) -> float:
 # -- latency ----------------------------------------------------------------------------------
 
 
-def in_process(report: Report, sizes: Sizes, redis_url: str, sidecar_url: str,
-               listener: AdviceListener) -> tuple[Figure, Figure]:
+def in_process(
+    report: Report, sizes: Sizes, redis_url: str, sidecar_url: str, listener: AdviceListener
+) -> tuple[Figure, Figure]:
     """The baselines, p50 and p99: batches through InProcessRunner, one after another, from
     `run()` to their advice.generated."""
     to_advice, whole = [], []
@@ -284,14 +307,31 @@ def in_process(report: Report, sizes: Sizes, redis_url: str, sidecar_url: str,
             resources.close()
     stats = percentiles_ms(to_advice)
     name = "in-process runner: batch -> advice.generated"
-    return (report.add(NAME, f"{name}, p50", stats["p50"], "ms", runs=len(to_advice), **stats,
-                       whole_run_p50_ms=_median_ms(whole)),
-            report.add(NAME, f"{name}, p99", stats["p99"], "ms", runs=len(to_advice)))
+    return (
+        report.add(
+            NAME,
+            f"{name}, p50",
+            stats["p50"],
+            "ms",
+            runs=len(to_advice),
+            **stats,
+            whole_run_p50_ms=_median_ms(whole),
+        ),
+        report.add(NAME, f"{name}, p99", stats["p99"], "ms", runs=len(to_advice)),
+    )
 
 
-def through_workers(report: Report, sizes: Sizes, label: str, worker_args, *, redis_url: str,
-                    sidecar_url: str, listener: AdviceListener,
-                    baselines: tuple[Figure, Figure]) -> None:
+def through_workers(
+    report: Report,
+    sizes: Sizes,
+    label: str,
+    worker_args,
+    *,
+    redis_url: str,
+    sidecar_url: str,
+    listener: AdviceListener,
+    baselines: tuple[Figure, Figure],
+) -> None:
     """Latency figures of one worker layout (p50 and p99, against the in-process ones), with
     where the time goes."""
     with tempfile.TemporaryDirectory(prefix="osiris-bench-latency-") as workdir:
@@ -305,25 +345,45 @@ def through_workers(report: Report, sizes: Sizes, label: str, worker_args, *, re
             # With the workers still up: a run's record_run is queued after its advice.generated,
             # and a worker shutting down leaves it in the queue (2026-12-05: 509 of 510 recorded).
             timings = _recorded_timings(settings.lancedb_uri, redis_url, len(runs))
-    measured = runs[sizes.warmup_runs:]
+    measured = runs[sizes.warmup_runs :]
     latencies = [run["latency_s"] for run in measured]
     stats = percentiles_ms(latencies)
-    report.add(NAME, f"{label}: tick -> advice.generated, p50 (target <= {P50_TARGET_MS:g} "
-               f"ms)", stats["p50"], "ms", baseline=baselines[0], layout=label,
-               runs=len(measured), run_interval_s=sizes.run_interval_s,
-               targets_ms={"p50": P50_TARGET_MS, "p99": P99_TARGET_MS}, **stats,
-               outcomes=_outcomes(measured))
-    report.add(NAME, f"{label}: tick -> advice.generated, p99 (target <= {P99_TARGET_MS:g} "
-               f"ms)", stats["p99"], "ms", baseline=baselines[1], runs=len(measured))
-    report.add(NAME, f"{label}: Celery overhead per hop, p50", _per_hop_ms(measured, timings),
-               "ms", **_breakdown(measured, timings))
+    report.add(
+        NAME,
+        f"{label}: tick -> advice.generated, p50 (target <= {P50_TARGET_MS:g} ms)",
+        stats["p50"],
+        "ms",
+        baseline=baselines[0],
+        layout=label,
+        runs=len(measured),
+        run_interval_s=sizes.run_interval_s,
+        targets_ms={"p50": P50_TARGET_MS, "p99": P99_TARGET_MS},
+        **stats,
+        outcomes=_outcomes(measured),
+    )
+    report.add(
+        NAME,
+        f"{label}: tick -> advice.generated, p99 (target <= {P99_TARGET_MS:g} ms)",
+        stats["p99"],
+        "ms",
+        baseline=baselines[1],
+        runs=len(measured),
+    )
+    report.add(
+        NAME,
+        f"{label}: Celery overhead per hop, p50",
+        _per_hop_ms(measured, timings),
+        "ms",
+        **_breakdown(measured, timings),
+    )
 
 
 def _stream_runs(sizes: Sizes, redis_url: str, listener: AdviceListener) -> list[dict]:
     """Warm-up and measured batches through the bridge and the workers: per run, its run_id,
     status and the times of its tick, submission and advice."""
-    states = (run_states(sizes.warmup_runs, seed=WARMUP_SEED)
-              + run_states(sizes.latency_runs, seed=LATENCY_SEED))
+    states = run_states(sizes.warmup_runs, seed=WARMUP_SEED) + run_states(
+        sizes.latency_runs, seed=LATENCY_SEED
+    )
     client = redis.Redis.from_url(redis_url)
     try:
         with running_bridge(redis_url) as submitted:
@@ -332,11 +392,16 @@ def _stream_runs(sizes: Sizes, redis_url: str, listener: AdviceListener) -> list
             for state, tick_at in zip(states, completes, strict=True):
                 submission = _wait_submitted(submitted, batch_key(state["ticks"]))
                 advice_at, status = listener.arrival(submission.run_id)
-                runs.append({"run_id": submission.run_id, "status": status,
-                             "latency_s": advice_at - tick_at,
-                             "bridge_s": submission.called - tick_at,
-                             "submit_s": submission.returned - submission.called,
-                             "workers_s": advice_at - submission.returned})
+                runs.append(
+                    {
+                        "run_id": submission.run_id,
+                        "status": status,
+                        "latency_s": advice_at - tick_at,
+                        "bridge_s": submission.called - tick_at,
+                        "submit_s": submission.returned - submission.called,
+                        "workers_s": advice_at - submission.returned,
+                    }
+                )
     finally:
         client.close()
     return runs
@@ -386,8 +451,11 @@ def _hop_count(timings: dict[str, float]) -> int:
 
 def _per_hop_ms(runs: list[dict], timings: dict[str, dict]) -> float:
     """The median over runs of (the workers' time - node time) / hops, in ms."""
-    per_hop = [(run["workers_s"] * 1000 - _critical_ms(timings[run["run_id"]]))
-               / _hop_count(timings[run["run_id"]]) for run in runs]
+    per_hop = [
+        (run["workers_s"] * 1000 - _critical_ms(timings[run["run_id"]]))
+        / _hop_count(timings[run["run_id"]])
+        for run in runs
+    ]
     return round(statistics.median(per_hop), 2)
 
 
@@ -395,10 +463,13 @@ def _breakdown(runs: list[dict], timings: dict[str, dict]) -> dict[str, Any]:
     """Medians (ms) of each part of the runs' latency: bridge, submit, workers, and of the
     workers' part, node time per node and the Celery overhead (workers - critical node time)."""
     rows = [timings[run["run_id"]] for run in runs]
-    nodes = {node: _median_ms([row[node] / 1000 for row in rows if node in row])
-             for node in (*SERIAL_NODES[:3], *EVALUATORS, SERIAL_NODES[3])}
-    overhead = [run["workers_s"] - _critical_ms(row) / 1000 for run, row in zip(runs, rows,
-                                                                                strict=True)]
+    nodes = {
+        node: _median_ms([row[node] / 1000 for row in rows if node in row])
+        for node in (*SERIAL_NODES[:3], *EVALUATORS, SERIAL_NODES[3])
+    }
+    overhead = [
+        run["workers_s"] - _critical_ms(row) / 1000 for run, row in zip(runs, rows, strict=True)
+    ]
     return {
         "bridge_ms": _median_ms([run["bridge_s"] for run in runs]),
         "submit_run_ms": _median_ms([run["submit_s"] for run in runs]),
@@ -415,43 +486,66 @@ def _outcomes(runs: list[dict]) -> dict[str, dict[str, Any]]:
     by_status: dict[str, list[float]] = {}
     for run in runs:
         by_status.setdefault(run["status"], []).append(run["latency_s"])
-    return {status: {"runs": len(samples), "p50_ms": _median_ms(samples),
-                     "max_ms": round(max(samples) * 1000, 2)}
-            for status, samples in sorted(by_status.items())}
+    return {
+        status: {
+            "runs": len(samples),
+            "p50_ms": _median_ms(samples),
+            "max_ms": round(max(samples) * 1000, 2),
+        }
+        for status, samples in sorted(by_status.items())
+    }
 
 
 # -- memory -----------------------------------------------------------------------------------
 
 
-def worker_memory(report: Report, sizes: Sizes, *, redis_url: str, sidecar_url: str,
-                  listener: AdviceListener) -> None:
+def worker_memory(
+    report: Report, sizes: Sizes, *, redis_url: str, sidecar_url: str, listener: AdviceListener
+) -> None:
     """RSS of one threads worker serving every queue after each tenth of `memory_runs`: with
     glibc malloc (2 arenas), then as the worker profiles run it (jemalloc, when installed)."""
     glibc = _memory_figures(report, sizes, redis_url, sidecar_url, listener, jemalloc=False)
     if "LD_PRELOAD" not in memory_env(jemalloc=True):
         report.note(f"{NAME}: no libjemalloc.so.2 here, worker memory measured with glibc only")
         return
-    _memory_figures(report, sizes, redis_url, sidecar_url, listener, jemalloc=True,
-                    baseline=glibc)
+    _memory_figures(report, sizes, redis_url, sidecar_url, listener, jemalloc=True, baseline=glibc)
 
 
-def _memory_figures(report: Report, sizes: Sizes, redis_url: str, sidecar_url: str,
-                    listener: AdviceListener, *, jemalloc: bool,
-                    baseline: Figure | None = None) -> Figure:
+def _memory_figures(
+    report: Report,
+    sizes: Sizes,
+    redis_url: str,
+    sidecar_url: str,
+    listener: AdviceListener,
+    *,
+    jemalloc: bool,
+    baseline: Figure | None = None,
+) -> Figure:
     """The RSS after the first tenth and the growth after it, for one allocator."""
     label = "jemalloc" if jemalloc else "glibc"
     samples, params = _worker_rss(sizes, redis_url, sidecar_url, listener, jemalloc)
-    warm = report.add(NAME, f"worker RSS after the first {params['step']} runs, {SINGLE}, "
-                      f"{label}", samples[0], "MB", idle_mb=params["idle_mb"])
+    warm = report.add(
+        NAME,
+        f"worker RSS after the first {params['step']} runs, {SINGLE}, {label}",
+        samples[0],
+        "MB",
+        idle_mb=params["idle_mb"],
+    )
     return report.add(
-        NAME, f"worker RSS growth over {params['runs']} runs (after the first 10%), {SINGLE}, "
-        f"{label}", round(max(samples[1:]) - samples[0], 1), "MB", baseline=baseline or warm,
-        allocator=memory_env(jemalloc).get("LD_PRELOAD", "glibc, 2 arenas"), rss_mb=samples,
-        **params)
+        NAME,
+        f"worker RSS growth over {params['runs']} runs (after the first 10%), {SINGLE}, {label}",
+        round(max(samples[1:]) - samples[0], 1),
+        "MB",
+        baseline=baseline or warm,
+        allocator=memory_env(jemalloc).get("LD_PRELOAD", "glibc, 2 arenas"),
+        rss_mb=samples,
+        **params,
+    )
 
 
-def _worker_rss(sizes: Sizes, redis_url: str, sidecar_url: str, listener: AdviceListener,
-                jemalloc: bool) -> tuple[list[float], dict[str, Any]]:
+def _worker_rss(
+    sizes: Sizes, redis_url: str, sidecar_url: str, listener: AdviceListener, jemalloc: bool
+) -> tuple[list[float], dict[str, Any]]:
     step = sizes.memory_runs // MEMORY_STEPS
     samples, maintenance = [], []
     with tempfile.TemporaryDirectory(prefix="osiris-bench-memory-") as workdir:
@@ -471,11 +565,17 @@ def _worker_rss(sizes: Sizes, redis_url: str, sidecar_url: str, listener: Advice
     runs, half = step * MEMORY_STEPS, MEMORY_STEPS // 2
     # Over the second half only: the first tenths still include warm-up.
     slope = (samples[-1] - samples[half - 1]) / (step * half) * 1000
-    return samples, {"step": step, "runs": runs, "idle_mb": round(idle_mb, 1),
-                     "mb_per_1k_runs": round(slope, 2), "runs_per_s": round(runs / spent_s, 1),
-                     "max_inflight": sizes.memory_inflight, "runs_table": table,
-                     # the store's maintenance process, at each sample (0: none running)
-                     "maintenance_process_rss_mb": maintenance}
+    return samples, {
+        "step": step,
+        "runs": runs,
+        "idle_mb": round(idle_mb, 1),
+        "mb_per_1k_runs": round(slope, 2),
+        "runs_per_s": round(runs / spent_s, 1),
+        "max_inflight": sizes.memory_inflight,
+        "runs_table": table,
+        # the store's maintenance process, at each sample (0: none running)
+        "maintenance_process_rss_mb": maintenance,
+    }
 
 
 def _table_stats(uri: str, runs: int) -> dict[str, Any]:
@@ -508,20 +608,32 @@ def run(report: Report, *, sizes: Sizes, redis_url: str, sidecar_url: str) -> No
     with AdviceListener(redis_url) as listener:
         baselines = in_process(report, sizes, redis_url, sidecar_url, listener)
         for label, worker_args in LAYOUTS.items():
-            through_workers(report, sizes, label, worker_args, redis_url=redis_url,
-                            sidecar_url=sidecar_url, listener=listener, baselines=baselines)
-        worker_memory(report, sizes, redis_url=redis_url, sidecar_url=sidecar_url,
-                      listener=listener)
-    report.note("latency: bridge in the bench process on a bench channel, ticks PUBLISHed one "
-                "by one, one batch per run_interval_s; clock from the PUBLISH of a batch's "
-                "last tick to its advice.generated on a subscriber of the bench process")
+            through_workers(
+                report,
+                sizes,
+                label,
+                worker_args,
+                redis_url=redis_url,
+                sidecar_url=sidecar_url,
+                listener=listener,
+                baselines=baselines,
+            )
+        worker_memory(
+            report, sizes, redis_url=redis_url, sidecar_url=sidecar_url, listener=listener
+        )
+    report.note(
+        "latency: bridge in the bench process on a bench channel, ticks PUBLISHed one "
+        "by one, one batch per run_interval_s; clock from the PUBLISH of a batch's "
+        "last tick to its advice.generated on a subscriber of the bench process"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.latency_bench [--quick]`: against a fresh Redis and reference
     sidecar (its own process, no latency); the report goes to `benchmarks/results/latency/`."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency_bench",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.latency_bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, about 90 s")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
@@ -530,8 +642,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         with embedded_redis() as redis_url, sidecar_process() as sidecar_url:
-            run(report, sizes=QUICK if args.quick else FULL, redis_url=redis_url,
-                sidecar_url=sidecar_url)
+            run(
+                report,
+                sizes=QUICK if args.quick else FULL,
+                redis_url=redis_url,
+                sidecar_url=sidecar_url,
+            )
     finally:
         report.note(f"total: {time.perf_counter() - started:.0f} s")
         _, md_path = report.write(RESULTS_DIR / NAME)

@@ -38,14 +38,16 @@ def noop_chain(celery: Celery, prefix: str, done_key: str) -> Callable[[], Signa
         client[0].incr(done_key)
 
     def run() -> Signature:
-        return chain(step.si(STATE), step.s(), step.s(), group(step.s(), step.s()), join.s(),
-                     done.s())
+        return chain(
+            step.si(STATE), step.s(), step.s(), group(step.s(), step.s()), join.s(), done.s()
+        )
 
     return run
 
 
-app = Celery("naive", broker=os.environ.get("OSIRIS_REDIS_URL"),
-             backend=os.environ.get("OSIRIS_REDIS_URL"))
+app = Celery(
+    "naive", broker=os.environ.get("OSIRIS_REDIS_URL"), backend=os.environ.get("OSIRIS_REDIS_URL")
+)
 noop_run = noop_chain(app, "naive", DONE_KEY)
 
 

@@ -43,12 +43,26 @@ class Report:
         self.figures: list[Figure] = []
         self.notes: list[str] = []
 
-    def add(self, benchmark: str, name: str, value: float, unit: str, *,
-            baseline: Figure | None = None, **params: Any) -> Figure:
+    def add(
+        self,
+        benchmark: str,
+        name: str,
+        value: float,
+        unit: str,
+        *,
+        baseline: Figure | None = None,
+        **params: Any,
+    ) -> Figure:
         """Record a figure, relative to `baseline` (a figure of the same run) if given."""
-        figure = Figure(benchmark, name, value, unit,
-                        baseline=baseline.name if baseline else None,
-                        baseline_value=baseline.value if baseline else None, params=params)
+        figure = Figure(
+            benchmark,
+            name,
+            value,
+            unit,
+            baseline=baseline.name if baseline else None,
+            baseline_value=baseline.value if baseline else None,
+            params=params,
+        )
         self.figures.append(figure)
         ratio = f"  ({figure.ratio:.2f}x {figure.baseline})" if figure.ratio is not None else ""
         print(f"[{benchmark}] {name}: {_number(value)} {unit}{ratio}", flush=True)
@@ -60,22 +74,30 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "started": self.started, "quick": self.quick,
-            "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                        "cpus": __import__("os").cpu_count()},
+            "started": self.started,
+            "quick": self.quick,
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": __import__("os").cpu_count(),
+            },
             "figures": [{**asdict(f), "ratio": f.ratio} for f in self.figures],
             "notes": self.notes,
         }
 
     def markdown(self) -> str:
-        lines = [f"# osiris_tasks benchmarks ({'quick' if self.quick else 'full'}, "
-                 f"{self.started})", "",
-                 "| benchmark | figure | value | unit | vs baseline | ratio |",
-                 "| --- | --- | ---: | --- | --- | ---: |"]
+        lines = [
+            f"# osiris_tasks benchmarks ({'quick' if self.quick else 'full'}, {self.started})",
+            "",
+            "| benchmark | figure | value | unit | vs baseline | ratio |",
+            "| --- | --- | ---: | --- | --- | ---: |",
+        ]
         for f in self.figures:
             ratio = f"{f.ratio:.2f}x" if f.ratio is not None else ""
-            lines.append(f"| {f.benchmark} | {f.name} | {_number(f.value)} | {f.unit} | "
-                         f"{f.baseline or ''} | {ratio} |")
+            lines.append(
+                f"| {f.benchmark} | {f.name} | {_number(f.value)} | {f.unit} | "
+                f"{f.baseline or ''} | {ratio} |"
+            )
         if self.notes:
             lines += ["", "Notes:", "", *(f"- {note}" for note in self.notes)]
         return "\n".join(lines) + "\n"

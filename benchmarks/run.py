@@ -29,12 +29,24 @@ from .report import Report
 BENCHMARKS = ("store", "runner", "celery", "sidecar", "bridge", "latency", "hotpaths")
 # Sizes per mode: quick finishes in about five minutes on two cores.
 SIZES = {
-    True: {"store": store_bench.QUICK, "runs": 30, "burst": 40, "slots": (1, 8, 32),
-           "bridge": bridge_bench.QUICK, "latency": latency_bench.QUICK,
-           "hotpaths": {"messages": 300, "runs": 128, "tick_count": 30_000}},
-    False: {"store": store_bench.FULL, "runs": 200, "burst": 300, "slots": (1, 8, 32, 64),
-            "bridge": bridge_bench.FULL, "latency": latency_bench.FULL,
-            "hotpaths": {"messages": 1000, "runs": 512, "tick_count": 100_000}},
+    True: {
+        "store": store_bench.QUICK,
+        "runs": 30,
+        "burst": 40,
+        "slots": (1, 8, 32),
+        "bridge": bridge_bench.QUICK,
+        "latency": latency_bench.QUICK,
+        "hotpaths": {"messages": 300, "runs": 128, "tick_count": 30_000},
+    },
+    False: {
+        "store": store_bench.FULL,
+        "runs": 200,
+        "burst": 300,
+        "slots": (1, 8, 32, 64),
+        "bridge": bridge_bench.FULL,
+        "latency": latency_bench.FULL,
+        "hotpaths": {"messages": 1000, "runs": 512, "tick_count": 100_000},
+    },
 }
 
 
@@ -50,18 +62,21 @@ def run_suite(report: Report, only: tuple[str, ...]) -> None:
             if name == "store":
                 store_bench.run(report, sizes=sizes["store"], redis_url=redis_url)
             elif name == "runner":
-                baseline = runner_bench.run(report, runs=sizes["runs"], redis_url=redis_url,
-                                            sidecar_url=sidecar_url)
+                baseline = runner_bench.run(
+                    report, runs=sizes["runs"], redis_url=redis_url, sidecar_url=sidecar_url
+                )
             elif name == "celery":
-                celery_bench.run(report, runs=sizes["burst"], redis_url=redis_url,
-                                 baseline=baseline)
+                celery_bench.run(
+                    report, runs=sizes["burst"], redis_url=redis_url, baseline=baseline
+                )
             elif name == "sidecar":
                 sidecar_bench.run(report, slot_counts=sizes["slots"], redis_url=redis_url)
             elif name == "bridge":
                 bridge_bench.run(report, sizes=sizes["bridge"], redis_url=redis_url)
             elif name == "latency":
-                latency_bench.run(report, sizes=sizes["latency"], redis_url=redis_url,
-                                  sidecar_url=sidecar_url)
+                latency_bench.run(
+                    report, sizes=sizes["latency"], redis_url=redis_url, sidecar_url=sidecar_url
+                )
             elif name == "hotpaths":
                 hotpaths_bench.run(report, **sizes["hotpaths"], redis_url=redis_url)
             report.note(f"{name}: {time.perf_counter() - started:.0f} s")
@@ -71,8 +86,11 @@ def run_suite(report: Report, only: tuple[str, ...]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, about five minutes")
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of {','.join(BENCHMARKS)}",
+    )
     args = parser.parse_args(argv)
     only = tuple(name.strip() for name in args.only.split(",") if name.strip())
     unknown = sorted(set(only) - set(BENCHMARKS))

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from osiris_tasks import app
-from osiris_tasks.celery_app import DEFAULT_QUEUE
-from osiris_tasks.runner import InProcessRunner
-from osiris_tasks.tasks import resources
+from osiris_tasks.keys import DEFAULT_QUEUE
+from osiris_tasks.tasks.node_tasks import resources
+from osiris_tasks.workflow.runner import InProcessRunner
 
 __all__ = ["app", "run_graph", "submit"]
 
@@ -42,5 +42,9 @@ def run_graph(state: Mapping[str, Any], run_id: str) -> None:
 
 def submit(state: Mapping[str, Any]) -> None:
     """Submit one run: its one task, the run_id as its task id (as `submit_run` does)."""
-    run_graph.apply_async(args=(dict(state),), kwargs={"run_id": state["run_id"]},
-                          queue=DEFAULT_QUEUE, task_id=state["run_id"])
+    run_graph.apply_async(
+        args=(dict(state),),
+        kwargs={"run_id": state["run_id"]},
+        queue=DEFAULT_QUEUE,
+        task_id=state["run_id"],
+    )

@@ -45,9 +45,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from osiris_tasks import app, configure, results
-from osiris_tasks.celery_app import DEFAULT_QUEUE, SIDECAR_QUEUE
-from osiris_tasks.sidecar import SidecarClient
+from osiris_tasks import app, configure
+from osiris_tasks.adapters.sidecar import SidecarClient
+from osiris_tasks.keys import DEFAULT_QUEUE, SIDECAR_QUEUE
+from osiris_tasks.transport import results
 
 from . import floor_app
 from .env import Worker, bench_settings, cpu_s, redis_pid, rss_mb, sidecar_process
@@ -66,14 +67,23 @@ UNACKED_KEY = "unacked"
 CORES = 2
 # The targets: calls/s >= this fraction of ideal up to FULL_SLOTS slots, of the thread pool above.
 IDEAL_TARGET, THREADS_TARGET, FULL_SLOTS = 0.9, 0.8, 32
-PROPOSAL = {"ticker": "AAPL", "action": "adjust", "side": "LONG", "quantity": 5,
-            "price_estimate": 190.0, "new_stop_pct": 1.0, "new_target_pct": 2.0,
-            "confidence": 0.6, "rationale": "benchmark"}
+PROPOSAL = {
+    "ticker": "AAPL",
+    "action": "adjust",
+    "side": "LONG",
+    "quantity": 5,
+    "price_estimate": 190.0,
+    "new_stop_pct": 1.0,
+    "new_target_pct": 2.0,
+    "confidence": 0.6,
+    "rationale": "benchmark",
+}
 CONTEXT = "AAPL first=189.00 last=190.00 ret_pct=+0.53 vol_pct=0.20"
 
 
 def layouts(slots: int) -> dict[str, list[tuple[str, ...]]]:
     """Worker set-ups for `slots` concurrent calls: label -> one argument tuple per worker."""
+
     def pool(kind: str, n: int) -> tuple[str, ...]:
         return ("-Q", SIDECAR_QUEUE, "--pool", kind, "--concurrency", str(n))
 
@@ -104,9 +114,9 @@ def _submit(index: int, *, stored: bool = False):
     chord carries it to the join); `stored` for the warm-up calls, whose results are checked."""
     run_id = f"bench_{index}"
     state = {"run_id": run_id, "proposal": PROPOSAL, "market_text": CONTEXT}
-    return app.signature("osiris.score_proposal", args=(state,),
-                         kwargs={"run_id": run_id, "member": True}).apply_async(
-                             ignore_result=not stored)
+    return app.signature(
+        "osiris.score_proposal", args=(state,), kwargs={"run_id": run_id, "member": True}
+    ).apply_async(ignore_result=not stored)
 
 
 def _completed(workers: list[str]) -> int:
@@ -115,8 +125,9 @@ def _completed(workers: list[str]) -> int:
     return sum(s.get("total", {}).get("osiris.score_proposal", 0) for s in stats.values())
 
 
-def _celery(client: redis.Redis, workers: list[str], calls: int,
-            timeout_s: float) -> tuple[float, int]:
+def _celery(
+    client: redis.Redis, workers: list[str], calls: int, timeout_s: float
+) -> tuple[float, int]:
     """Seconds from resuming the paused consumers until `calls` queued tasks are done: the
     queue empty and nothing unacknowledged (tasks ack when done), confirmed by the workers'
     counters (a message between its BRPOP and its unacked entry is in neither); and how many
@@ -149,31 +160,64 @@ def _celery(client: redis.Redis, workers: list[str], calls: int,
         time.sleep(POLL_S)
 
 
-def run(report: Report, *, slot_counts: tuple[int, ...], redis_url: str,
-        timeout_s: float = 300.0) -> None:
+def run(
+    report: Report, *, slot_counts: tuple[int, ...], redis_url: str, timeout_s: float = 300.0
+) -> None:
     client = redis.Redis.from_url(redis_url)
-    with sidecar_process(latency_ms=LATENCY_MS) as url, \
-            tempfile.TemporaryDirectory(prefix="osiris-bench-sidecar-") as workdir:
+    with (
+        sidecar_process(latency_ms=LATENCY_MS) as url,
+        tempfile.TemporaryDirectory(prefix="osiris-bench-sidecar-") as workdir,
+    ):
         settings = bench_settings(redis_url, url, workdir)
         configure(app, settings)
         pids = {"sidecar": url.pid, "redis": redis_pid(redis_url)}
         for slots in slot_counts:
             calls = _calls(slots)
-            ideal = report.add(NAME, f"ideal, {slots} slots x {LATENCY_MS} ms",
-                               slots / (LATENCY_MS / 1000), "calls/s")
+            ideal = report.add(
+                NAME,
+                f"ideal, {slots} slots x {LATENCY_MS} ms",
+                slots / (LATENCY_MS / 1000),
+                "calls/s",
+            )
             before = _cpu(pids, bench=True)
             spent = statistics.median(_threads(settings, slots, calls) for _ in range(ROUNDS))
             call_ms = _cpu_ms(before, _cpu(pids, bench=True), calls * ROUNDS)
-            threads = report.add(NAME, f"ThreadPoolExecutor, {slots} threads", calls / spent,
-                                 "calls/s", baseline=ideal, calls=calls, rounds=ROUNDS,
-                                 cpu_ms_per_call=call_ms)
+            threads = report.add(
+                NAME,
+                f"ThreadPoolExecutor, {slots} threads",
+                calls / spent,
+                "calls/s",
+                baseline=ideal,
+                calls=calls,
+                rounds=ROUNDS,
+                cpu_ms_per_call=call_ms,
+            )
             target = _target(slots, ideal, threads)
             for label, worker_args in layouts(slots).items():
-                _layout(report, client, settings, label, worker_args, calls, timeout_s,
-                        ideal=ideal, threads=threads, pids=pids, target=target)
+                _layout(
+                    report,
+                    client,
+                    settings,
+                    label,
+                    worker_args,
+                    calls,
+                    timeout_s,
+                    ideal=ideal,
+                    threads=threads,
+                    pids=pids,
+                    target=target,
+                )
             if target is not None:
-                _floor(report, client, settings, slots, timeout_s, pids=pids,
-                       call_ms=call_ms["bench"] + call_ms["sidecar"], target=target)
+                _floor(
+                    report,
+                    client,
+                    settings,
+                    slots,
+                    timeout_s,
+                    pids=pids,
+                    call_ms=call_ms["bench"] + call_ms["sidecar"],
+                    target=target,
+                )
     client.close()
 
 
@@ -201,21 +245,42 @@ def _cpu_ms(before: dict[str, float], after: dict[str, float], calls: int) -> di
 
 def _budget(report: Report, name: str, cpu_ms: float, target: float, **params) -> None:
     """The cores `target` calls/s take at `cpu_ms` of CPU per call, against the machine's."""
-    report.add(NAME, name, round(target * cpu_ms / 1000, 2), "cores", cores=CORES,
-               target_calls_per_s=round(target, 1), cpu_ms_per_call=round(cpu_ms, 3), **params)
+    report.add(
+        NAME,
+        name,
+        round(target * cpu_ms / 1000, 2),
+        "cores",
+        cores=CORES,
+        target_calls_per_s=round(target, 1),
+        cpu_ms_per_call=round(cpu_ms, 3),
+        **params,
+    )
 
 
-def _layout(report: Report, client, settings, label: str, worker_args, calls: int,
-            timeout_s: float, *, ideal: Figure, threads: Figure, pids: dict[str, int],
-            target: float | None) -> None:
+def _layout(
+    report: Report,
+    client,
+    settings,
+    label: str,
+    worker_args,
+    calls: int,
+    timeout_s: float,
+    *,
+    ideal: Figure,
+    threads: Figure,
+    pids: dict[str, int],
+    target: float | None,
+) -> None:
     with contextlib.ExitStack() as stack:
         workers = [stack.enter_context(Worker(settings, *args)) for args in worker_args]
         for worker in workers:
             worker.wait_ready(app)
         procs = {**pids, **{f"worker {i + 1}": w.proc.pid for i, w in enumerate(workers)}}
         before = _cpu(procs)
-        rounds = [_celery(client, [worker.name for worker in workers], calls, timeout_s)
-                  for _ in range(ROUNDS)]
+        rounds = [
+            _celery(client, [worker.name for worker in workers], calls, timeout_s)
+            for _ in range(ROUNDS)
+        ]
         per_process = _cpu_ms(before, _cpu(procs), calls * ROUNDS)
         rss = [round(rss_mb(worker.proc.pid), 1) for worker in workers]
         lancedb = [_loads_lancedb(worker.proc.pid) for worker in workers]
@@ -223,23 +288,54 @@ def _layout(report: Report, client, settings, label: str, worker_args, calls: in
     rates = [calls / spent for spent, _ in rounds]
     never_ran = [missing for _, missing in rounds]
     if any(never_ran):
-        report.note(f"sidecar: {label}: calls that never ran, per round: {never_ran} of "
-                    f"{calls} (queue and unacked hash empty, workers' counters short)")
+        report.note(
+            f"sidecar: {label}: calls that never ran, per round: {never_ran} of "
+            f"{calls} (queue and unacked hash empty, workers' counters short)"
+        )
     rate = statistics.median(rates)
-    report.add(NAME, f"Celery score_proposal, {label}", rate, "calls/s", baseline=threads,
-               calls=calls, rounds=[round(r, 1) for r in rates], never_ran=never_ran,
-               worker_cpu_ms_per_call=round(cpu_ms, 3))
-    report.add(NAME, f"Celery score_proposal, {label}, vs ideal", rate, "calls/s",
-               baseline=ideal, calls=calls)
+    report.add(
+        NAME,
+        f"Celery score_proposal, {label}",
+        rate,
+        "calls/s",
+        baseline=threads,
+        calls=calls,
+        rounds=[round(r, 1) for r in rates],
+        never_ran=never_ran,
+        worker_cpu_ms_per_call=round(cpu_ms, 3),
+    )
+    report.add(
+        NAME,
+        f"Celery score_proposal, {label}, vs ideal",
+        rate,
+        "calls/s",
+        baseline=ideal,
+        calls=calls,
+    )
     # The warm-up calls are in the CPU figures too: an upper bound of the per-call cost.
-    report.add(NAME, f"Celery score_proposal, {label}: worker CPU per call", cpu_ms, "ms",
-               ceiling_calls_per_s_per_2_core_machine=round(CORES * 1000 / cpu_ms)
-               if cpu_ms else None)
-    report.add(NAME, f"Celery score_proposal, {label}: worker RSS after the rounds", max(rss),
-               "MB", per_worker=rss, lancedb_loaded=lancedb)
+    report.add(
+        NAME,
+        f"Celery score_proposal, {label}: worker CPU per call",
+        cpu_ms,
+        "ms",
+        ceiling_calls_per_s_per_2_core_machine=round(CORES * 1000 / cpu_ms) if cpu_ms else None,
+    )
+    report.add(
+        NAME,
+        f"Celery score_proposal, {label}: worker RSS after the rounds",
+        max(rss),
+        "MB",
+        per_worker=rss,
+        lancedb_loaded=lancedb,
+    )
     if target is not None:
-        _budget(report, f"Celery score_proposal, {label}: cores the target takes",
-                sum(per_process.values()), target, **per_process)
+        _budget(
+            report,
+            f"Celery score_proposal, {label}: cores the target takes",
+            sum(per_process.values()),
+            target,
+            **per_process,
+        )
 
 
 def _loads_lancedb(pid: int) -> bool:
@@ -248,15 +344,33 @@ def _loads_lancedb(pid: int) -> bool:
         return "_lancedb" in maps.read()
 
 
-def _floor(report: Report, client: redis.Redis, settings, slots: int, timeout_s: float, *,
-           pids: dict[str, int], call_ms: float, target: float) -> None:
+def _floor(
+    report: Report,
+    client: redis.Redis,
+    settings,
+    slots: int,
+    timeout_s: float,
+    *,
+    pids: dict[str, int],
+    call_ms: float,
+    target: float,
+) -> None:
     """The CPU budget's floor at `slots`: Celery's cost of a no-op task on a threads x`slots`
     worker (the worker's and Redis's CPU per task), plus `call_ms`, the call's own cost."""
-    floor_app.app.conf.update(broker_url=settings.broker_url,
-                              result_backend=results.backend_url(settings.broker_url))
+    floor_app.app.conf.update(
+        broker_url=settings.broker_url, result_backend=results.backend_url(settings.broker_url)
+    )
     tasks = _calls(slots) * ROUNDS
-    with Worker(settings, "-Q", DEFAULT_QUEUE, "--pool", "threads", "--concurrency",
-                str(slots), app_module=floor_app.__name__) as worker:
+    with Worker(
+        settings,
+        "-Q",
+        DEFAULT_QUEUE,
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(slots),
+        app_module=floor_app.__name__,
+    ) as worker:
         worker.wait_ready(floor_app.app)
         procs = {"redis": pids["redis"], "worker": worker.proc.pid}
         step = floor_app.app.signature("floor.step", args=({"run_id": "floor"},))
@@ -267,9 +381,15 @@ def _floor(report: Report, client: redis.Redis, settings, slots: int, timeout_s:
             step.apply_async(ignore_result=True)
         _drained(client, DEFAULT_QUEUE, timeout_s)
         task_ms = _cpu_ms(before, _cpu(procs), tasks)
-    _budget(report, f"floor at {slots} slots: a no-op Celery task per call, plus the call: "
-            "cores the target takes", sum(task_ms.values()) + call_ms, target,
-            celery_ms_per_task=task_ms, call_ms=call_ms)
+    _budget(
+        report,
+        f"floor at {slots} slots: a no-op Celery task per call, plus the call: "
+        "cores the target takes",
+        sum(task_ms.values()) + call_ms,
+        target,
+        celery_ms_per_task=task_ms,
+        call_ms=call_ms,
+    )
 
 
 def _drained(client: redis.Redis, queue: str, timeout_s: float) -> None:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import redis
 from lancedb.query import ColumnOrdering
 
-from osiris_tasks.store import RUNS_SCHEMA, RUNS_TABLE, RunStore
+from osiris_tasks.store.runstore import RUNS_SCHEMA, RUNS_TABLE, RunStore
 
 from .env import du_bytes
 from .report import Report, timed
@@ -27,17 +27,17 @@ LATENCY_REPEATS = 5
 
 @dataclass(frozen=True)
 class Sizes:
-    single_rows: int      # rows written one commit each (the baseline)
-    batch_rows: int       # rows per record_runs call
-    threads: int          # threads calling record_run at once (group commit)
-    scale_rows: int       # rows of the big table
+    single_rows: int  # rows written one commit each (the baseline)
+    batch_rows: int  # rows per record_runs call
+    threads: int  # threads calling record_run at once (group commit)
+    scale_rows: int  # rows of the big table
     scale_batch_rows: int
 
 
-QUICK = Sizes(single_rows=150, batch_rows=100, threads=16, scale_rows=5_000,
-              scale_batch_rows=100)
-FULL = Sizes(single_rows=1_000, batch_rows=100, threads=16, scale_rows=100_000,
-             scale_batch_rows=100)
+QUICK = Sizes(single_rows=150, batch_rows=100, threads=16, scale_rows=5_000, scale_batch_rows=100)
+FULL = Sizes(
+    single_rows=1_000, batch_rows=100, threads=16, scale_rows=100_000, scale_batch_rows=100
+)
 TINY = Sizes(single_rows=10, batch_rows=5, threads=4, scale_rows=40, scale_batch_rows=10)
 
 
@@ -97,12 +97,21 @@ def _shape(report: Report, label: str, store: RunStore, uri: str, rows: int) -> 
 
 
 def _recent_before_after(report: Report, label: str, store: RunStore, rows: int) -> None:
-    before = report.add(NAME, f"{label}: recent_runs(20) at {rows} rows, as written",
-                        _latency_ms(lambda: store.recent_runs(20)), "ms")
+    before = report.add(
+        NAME,
+        f"{label}: recent_runs(20) at {rows} rows, as written",
+        _latency_ms(lambda: store.recent_runs(20)),
+        "ms",
+    )
     _, maintain_s = timed(store.maintain)
     report.add(NAME, f"{label}: maintain() at {rows} rows", maintain_s, "s")
-    report.add(NAME, f"{label}: recent_runs(20) at {rows} rows, after maintain",
-               _latency_ms(lambda: store.recent_runs(20)), "ms", baseline=before)
+    report.add(
+        NAME,
+        f"{label}: recent_runs(20) at {rows} rows, after maintain",
+        _latency_ms(lambda: store.recent_runs(20)),
+        "ms",
+        baseline=before,
+    )
 
 
 def single_vs_batched(report: Report, sizes: Sizes, redis_url: str, workdir: str) -> None:
@@ -114,22 +123,38 @@ def single_vs_batched(report: Report, sizes: Sizes, redis_url: str, workdir: str
     make = run_rows(seed=1)
     n = sizes.single_rows
     rows = list(itertools.islice(make, n))
-    single = report.add(NAME, "record_run, 1 row per commit, 1 thread",
-                        n / _write_single(stores["single"], rows), "runs/s", rows=n)
+    single = report.add(
+        NAME,
+        "record_run, 1 row per commit, 1 thread",
+        n / _write_single(stores["single"], rows),
+        "runs/s",
+        rows=n,
+    )
     _shape(report, "1 row per commit", stores["single"], f"{workdir}/single", n)
     _recent_before_after(report, "1 row per commit", stores["single"], n)
 
     rows = list(itertools.islice(make, n))
     spent, _ = _write_batches(stores["batched"], rows, sizes.batch_rows)
-    report.add(NAME, f"record_runs, {sizes.batch_rows} rows per call", n / spent, "runs/s",
-               baseline=single, rows=n)
-    _shape(report, f"{sizes.batch_rows} rows per call", stores["batched"], f"{workdir}/batched",
-           n)
+    report.add(
+        NAME,
+        f"record_runs, {sizes.batch_rows} rows per call",
+        n / spent,
+        "runs/s",
+        baseline=single,
+        rows=n,
+    )
+    _shape(report, f"{sizes.batch_rows} rows per call", stores["batched"], f"{workdir}/batched", n)
 
     rows = list(itertools.islice(make, n))
     spent = _write_threads(stores["group"], rows, sizes.threads)
-    report.add(NAME, f"record_run from {sizes.threads} threads (group commit)", n / spent,
-               "runs/s", baseline=single, rows=n)
+    report.add(
+        NAME,
+        f"record_run from {sizes.threads} threads (group commit)",
+        n / spent,
+        "runs/s",
+        baseline=single,
+        rows=n,
+    )
     _shape(report, f"{sizes.threads} threads", stores["group"], f"{workdir}/group", n)
     for store in stores.values():
         store.close()
@@ -142,27 +167,56 @@ def at_scale(report: Report, sizes: Sizes, redis_url: str, workdir: str) -> None
     uri = f"{workdir}/scale"
     store = RunStore(uri, redis=client)
     n = sizes.scale_rows
-    spent, arrow_bytes = _write_batches(store, itertools.islice(run_rows(seed=2), n),
-                                        sizes.scale_batch_rows)
-    report.add(NAME, f"record_runs x{sizes.scale_batch_rows} with auto-maintenance, {n} rows",
-               n / spent, "runs/s", rows=n)
+    spent, arrow_bytes = _write_batches(
+        store, itertools.islice(run_rows(seed=2), n), sizes.scale_batch_rows
+    )
+    report.add(
+        NAME,
+        f"record_runs x{sizes.scale_batch_rows} with auto-maintenance, {n} rows",
+        n / spent,
+        "runs/s",
+        rows=n,
+    )
     store.close()  # waits for the maintenance run the last commits started
     arrow = report.add(NAME, f"rows' own size (Arrow), {n} rows", arrow_bytes / 1e6, "MB")
     _shape(report, "auto-maintained", store, uri, n)
-    legacy = report.add(NAME, f"old recent_runs query at {n} rows, as written",
-                        _latency_ms(lambda: legacy_recent_runs(store)), "ms")
-    report.add(NAME, f"recent_runs(20) at {n} rows, as written",
-               _latency_ms(lambda: store.recent_runs(20)), "ms", baseline=legacy)
+    legacy = report.add(
+        NAME,
+        f"old recent_runs query at {n} rows, as written",
+        _latency_ms(lambda: legacy_recent_runs(store)),
+        "ms",
+    )
+    report.add(
+        NAME,
+        f"recent_runs(20) at {n} rows, as written",
+        _latency_ms(lambda: store.recent_runs(20)),
+        "ms",
+        baseline=legacy,
+    )
     # Steady state: versions older than the cut-off are gone (the default keeps 120 s of them,
     # all of this benchmark's): clean up everything but the latest, as a quiet moment would.
     RunStore(uri, redis=client, cleanup_older_than_s=0).maintain()
-    report.add(NAME, f"disk after maintain(cleanup_older_than_s=0), {n} rows",
-               du_bytes(uri) / 1e6, "MB", baseline=arrow)
+    report.add(
+        NAME,
+        f"disk after maintain(cleanup_older_than_s=0), {n} rows",
+        du_bytes(uri) / 1e6,
+        "MB",
+        baseline=arrow,
+    )
     newest = store.recent_runs(1)[0]["run_id"]
-    report.add(NAME, f"recent_runs(20) at {n} rows, after maintain",
-               _latency_ms(lambda: store.recent_runs(20)), "ms", baseline=legacy)
-    report.add(NAME, f"get_run at {n} rows, after maintain",
-               _latency_ms(lambda: store.get_run(newest)), "ms")
+    report.add(
+        NAME,
+        f"recent_runs(20) at {n} rows, after maintain",
+        _latency_ms(lambda: store.recent_runs(20)),
+        "ms",
+        baseline=legacy,
+    )
+    report.add(
+        NAME,
+        f"get_run at {n} rows, after maintain",
+        _latency_ms(lambda: store.get_run(newest)),
+        "ms",
+    )
     store.close()
     client.close()
 

@@ -3,6 +3,11 @@
 `celery -A osiris_tasks worker` finds the Celery app here as `app` (with every `osiris.*` task
 registered). Exports load lazily, so the light processes (bridge, simulator, reference sidecar)
 do not pay for LanceDB and LangGraph imports they never use.
+
+The public surface is `__all__`, grouped below: the settings and the Celery app, the workflow
+and its canvas, the domain rules, the parts a process is built of (`Resources`, the sidecar
+client, the run store, the bridge) and every error. The subpackages' other names are internal
+and may move; `tests/test_public_api.py` pins this list.
 """
 
 from __future__ import annotations
@@ -15,34 +20,41 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # configuration and the Celery app
     "Settings": "settings",
-    "app": "celery_app",
-    "configure": "celery_app",
-    "QUEUES": "celery_app",
+    "app": "tasks.celery_app",
+    "configure": "tasks.celery_app",
+    "QUEUES": "keys",
     # the workflow
-    "NODE_NAMES": "graph",
-    "build_graph": "graph",
-    "route_after_risk": "graph",
-    "Topology": "graph",
-    "RunState": "state",
-    "RunStatus": "state",
-    "run_status": "state",
-    "initial_state": "state",
-    "InProcessRunner": "runner",
-    "Resources": "resources",
+    "NODE_NAMES": "workflow.registry",
+    "NODES": "workflow.registry",
+    "NodeSpec": "workflow.registry",
+    "build_graph": "workflow.graph",
+    "route_after_risk": "workflow.graph",
+    "Topology": "workflow.graph",
+    "RunState": "workflow.state",
+    "RunStatus": "workflow.state",
+    "run_status": "workflow.state",
+    "initial_state": "workflow.state",
+    "InProcessRunner": "workflow.runner",
     # the Celery canvas
-    "topology": "canvas",
-    "build_canvas": "canvas",
-    "continuation": "canvas",
-    "submit_run": "canvas",
-    "submit_runs": "canvas",
-    "new_run_id": "ids",
-    # ticks and the risk gate
-    "parse_tick": "ticks",
-    "validate_tick": "ticks",
-    "RISK_GATE_CONFIG": "risk",
-    "RiskLimits": "risk",
-    "Verdict": "risk",
-    "assess": "risk",
+    "topology": "tasks.canvas",
+    "build_canvas": "tasks.canvas",
+    "continuation": "tasks.canvas",
+    "submit_run": "tasks.canvas",
+    "submit_runs": "tasks.canvas",
+    # ticks, run ids and the risk gate
+    "new_run_id": "domain.ids",
+    "parse_tick": "domain.ticks",
+    "validate_tick": "domain.ticks",
+    "RISK_GATE_CONFIG": "domain.risk",
+    "RiskLimits": "domain.risk",
+    "Verdict": "domain.risk",
+    "assess": "domain.risk",
+    # the parts a process is built of
+    "Resources": "adapters.resources",
+    "SidecarClient": "adapters.sidecar",
+    "RunStore": "store.runstore",
+    "Bridge": "bridge.service",
+    "BridgeConfig": "bridge.config",
     # errors
     "OsirisError": "errors",
     "ConfigError": "errors",
@@ -54,11 +66,14 @@ _EXPORTS = {
     "SidecarStatusError": "errors",
     "SidecarResponseError": "errors",
     "StoreError": "errors",
+    "MaintenanceProcessDied": "errors",
     "EventError": "errors",
+    "JoinError": "errors",
     "BridgeError": "errors",
+    "RequestRefused": "errors",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
@@ -66,7 +81,8 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if name == "app":
-        import_module(".tasks", __name__)  # the worker's app comes with its tasks registered
+        # The worker's app comes with its tasks registered.
+        import_module(".tasks.node_tasks", __name__)
     return getattr(import_module(f".{module}", __name__), name)
 
 

@@ -16,7 +16,8 @@ library, and re-raised ``from`` the original. A risk rejection is a decision, no
     ├── MaintenanceProcessDied   the store's maintenance process died mid-call (retried)
     ├── EventError               Redis Pub/Sub publish failed
     ├── JoinError                a run's parallel step could not be joined (or never was)
-    └── BridgeError              the tick bridge cannot go on
+    ├── BridgeError              the tick bridge cannot go on
+    └── RequestRefused           the reference sidecar refuses a request (carries its HTTP status)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "MaintenanceProcessDied",
     "OsirisError",
     "ProposalInvalid",
+    "RequestRefused",
     "SidecarError",
     "SidecarResponseError",
     "SidecarStatusError",
@@ -128,3 +130,13 @@ class JoinError(OsirisError):
 
 class BridgeError(OsirisError):
     """The tick bridge hit a condition it cannot recover from."""
+
+
+class RequestRefused(OsirisError):
+    """The reference sidecar refuses a request; carries the HTTP status and headers to answer
+    with."""
+
+    def __init__(self, message: str, *, status: int, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = dict(headers or {})

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError
-from .risk import RISK_GATE_CONFIG
+from osiris_tasks.domain.risk import RISK_GATE_CONFIG
+from osiris_tasks.errors import ConfigError
 
 __all__ = ["Settings", "redact_url"]
 
@@ -42,7 +42,7 @@ MIN_STORE_CLEANUP_OLDER_THAN_S = 60.0
 DEFAULT_TICKS_BY_REFERENCE_MIN = 50
 # A run's parallel step (the evaluators) must have joined within this many visibility timeouts
 # plus one task time limit (a part redelivered after a killed worker, then run in full) before
-# a sweeper records the run with the parts it has (join.py).
+# a sweeper records the run with the parts it has (adapters/join.py).
 JOIN_DEADLINE_VISIBILITY_TIMEOUTS = 2
 # How long the TTS task waits for `tts.acknowledged.<tx>` before giving up.
 DEFAULT_TTS_ACK_TIMEOUT_S = 30.0
@@ -95,25 +95,33 @@ class Settings:
                 env.get("OSIRIS_SIDECAR_URL") or env.get("PHI3_API_URL") or DEFAULT_SIDECAR_URL
             ).rstrip("/"),
             sidecar_token=env.get("OSIRIS_SIDECAR_TOKEN") or None,
-            sidecar_read_timeout_s=_float(env, "OSIRIS_SIDECAR_READ_TIMEOUT_S",
-                                          DEFAULT_SIDECAR_READ_TIMEOUT_S),
-            sidecar_retry_budget_s=_float(env, "OSIRIS_SIDECAR_RETRY_BUDGET_S",
-                                          DEFAULT_SIDECAR_RETRY_BUDGET_S),
+            sidecar_read_timeout_s=_float(
+                env, "OSIRIS_SIDECAR_READ_TIMEOUT_S", DEFAULT_SIDECAR_READ_TIMEOUT_S
+            ),
+            sidecar_retry_budget_s=_float(
+                env, "OSIRIS_SIDECAR_RETRY_BUDGET_S", DEFAULT_SIDECAR_RETRY_BUDGET_S
+            ),
             lancedb_uri=env.get("OSIRIS_LANCEDB_URI") or DEFAULT_LANCEDB_URI,
-            store_maintain_every_commits=_int(env, "OSIRIS_STORE_MAINTAIN_EVERY_COMMITS",
-                                              DEFAULT_STORE_MAINTAIN_EVERY_COMMITS),
-            store_cleanup_older_than_s=_float(env, "OSIRIS_STORE_CLEANUP_OLDER_THAN_S",
-                                              DEFAULT_STORE_CLEANUP_OLDER_THAN_S),
-            visibility_timeout_s=_int(env, "OSIRIS_VISIBILITY_TIMEOUT_S",
-                                      DEFAULT_VISIBILITY_TIMEOUT_S),
-            ticks_by_reference_min=_int(env, "OSIRIS_TICKS_BY_REFERENCE_MIN",
-                                        DEFAULT_TICKS_BY_REFERENCE_MIN),
+            store_maintain_every_commits=_int(
+                env, "OSIRIS_STORE_MAINTAIN_EVERY_COMMITS", DEFAULT_STORE_MAINTAIN_EVERY_COMMITS
+            ),
+            store_cleanup_older_than_s=_float(
+                env, "OSIRIS_STORE_CLEANUP_OLDER_THAN_S", DEFAULT_STORE_CLEANUP_OLDER_THAN_S
+            ),
+            visibility_timeout_s=_int(
+                env, "OSIRIS_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S
+            ),
+            ticks_by_reference_min=_int(
+                env, "OSIRIS_TICKS_BY_REFERENCE_MIN", DEFAULT_TICKS_BY_REFERENCE_MIN
+            ),
             join_deadline_s=_float(env, "OSIRIS_JOIN_DEADLINE_S", None),
             tts_enabled=_bool(env, "OSIRIS_TTS_ENABLED"),
-            max_position_size_pct=_float(env, "OSIRIS_MAX_POSITION_SIZE_PCT",
-                                         RISK_GATE_CONFIG["max_position_size_pct"]),
-            max_daily_loss_pct=_float(env, "OSIRIS_MAX_DAILY_LOSS_PCT",
-                                      RISK_GATE_CONFIG["max_daily_loss_pct"]),
+            max_position_size_pct=_float(
+                env, "OSIRIS_MAX_POSITION_SIZE_PCT", RISK_GATE_CONFIG["max_position_size_pct"]
+            ),
+            max_daily_loss_pct=_float(
+                env, "OSIRIS_MAX_DAILY_LOSS_PCT", RISK_GATE_CONFIG["max_daily_loss_pct"]
+            ),
             nav=_float(env, "OSIRIS_NAV", DEFAULT_NAV),
             daily_pnl=_float(env, "OSIRIS_DAILY_PNL", 0.0),
             default_symbol=env.get("OSIRIS_DEFAULT_SYMBOL") or DEFAULT_SYMBOL,
@@ -162,8 +170,9 @@ class Settings:
         redelivered after a killed worker and run in full."""
         if self.join_deadline_s is not None:
             return self.join_deadline_s
-        return (JOIN_DEADLINE_VISIBILITY_TIMEOUTS * self.visibility_timeout_s
-                + self.task_time_limit_s)
+        return (
+            JOIN_DEADLINE_VISIBILITY_TIMEOUTS * self.visibility_timeout_s + self.task_time_limit_s
+        )
 
 
 def redact_url(url: str) -> str:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from osiris_tasks.embedded_redis import EmbeddedRedis, find_redis_server, redis_reachable
-from osiris_tasks.processes import terminate
-from osiris_tasks.reference_sidecar import Faults, make_server
 from osiris_tasks.settings import Settings
+from osiris_tasks.tools.embedded_redis import EmbeddedRedis, find_redis_server, redis_reachable
+from osiris_tasks.tools.processes import terminate
+from osiris_tasks.tools.reference_sidecar import Faults, make_server
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 WORKER_READY_TIMEOUT_S = 60.0
@@ -87,27 +87,33 @@ def settings(redis_url: str, sidecar_url: str, tmp_path: Path) -> Settings:
     """Settings pointing at this test's Redis, sidecar and LanceDB directory."""
     return Settings.from_env(
         {},
-        redis_url=redis_url, broker_url=redis_url, result_backend=redis_url,
-        sidecar_url=sidecar_url, lancedb_uri=str(tmp_path / "lancedb"),
-        sidecar_retry_budget_s=5.0, sidecar_read_timeout_s=5.0, visibility_timeout_s=60,
+        redis_url=redis_url,
+        broker_url=redis_url,
+        result_backend=redis_url,
+        sidecar_url=sidecar_url,
+        lancedb_uri=str(tmp_path / "lancedb"),
+        sidecar_retry_budget_s=5.0,
+        sidecar_read_timeout_s=5.0,
+        visibility_timeout_s=60,
     )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that make a subprocess read `settings`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OSIRIS_", "CELERY_", "OTEL_"))}
-    env.update({
-        "OSIRIS_REDIS_URL": settings.redis_url,
-        "OSIRIS_SIDECAR_URL": settings.sidecar_url,
-        "OSIRIS_LANCEDB_URI": settings.lancedb_uri,
-        "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
-        "OSIRIS_SIDECAR_READ_TIMEOUT_S": str(settings.sidecar_read_timeout_s),
-        "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
-        "OSIRIS_TICKS_BY_REFERENCE_MIN": str(settings.ticks_by_reference_min),
-        "OSIRIS_STORE_MAINTAIN_EVERY_COMMITS": str(settings.store_maintain_every_commits),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSIRIS_", "CELERY_", "OTEL_"))}
+    env.update(
+        {
+            "OSIRIS_REDIS_URL": settings.redis_url,
+            "OSIRIS_SIDECAR_URL": settings.sidecar_url,
+            "OSIRIS_LANCEDB_URI": settings.lancedb_uri,
+            "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
+            "OSIRIS_SIDECAR_READ_TIMEOUT_S": str(settings.sidecar_read_timeout_s),
+            "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
+            "OSIRIS_TICKS_BY_REFERENCE_MIN": str(settings.ticks_by_reference_min),
+            "OSIRIS_STORE_MAINTAIN_EVERY_COMMITS": str(settings.store_maintain_every_commits),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if settings.task_events:
         env["OSIRIS_TASK_EVENTS"] = "1"
     return env
@@ -120,10 +126,26 @@ class WorkerProcess:
         self.output: list[str] = []
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "osiris_tasks", "worker", "-l", "INFO",
-             "--without-mingle", "--without-gossip", "-n", f"test-{os.getpid()}-{id(self)}@%h",
-             *extra],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "osiris_tasks",
+                "worker",
+                "-l",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+                "-n",
+                f"test-{os.getpid()}-{id(self)}@%h",
+                *extra,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         threading.Thread(target=self._drain, daemon=True).start()
@@ -150,8 +172,9 @@ def worker_factory():
     """Start workers with `worker_factory(settings, *extra_args, env_extra={})`; all stopped."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, *extra: str,
-              env_extra: dict[str, str] | None = None) -> WorkerProcess:
+    def start(
+        settings: Settings, *extra: str, env_extra: dict[str, str] | None = None
+    ) -> WorkerProcess:
         worker = WorkerProcess({**settings_env(settings), **(env_extra or {})}, *extra)
         started.append(worker)
         return worker

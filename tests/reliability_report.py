@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 REPORT_ENV = "OSIRIS_RELIABILITY_REPORT"
-SUITES = ("tests/test_reliability.py", "tests/test_security.py")
+SUITES = ("tests/reliability/test_reliability.py", "tests/reliability/test_security.py")
 
 
 def record(test: str, **numbers) -> None:
@@ -36,8 +36,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.jsonl"
         env = {**os.environ, REPORT_ENV: str(report)}
-        status = subprocess.call([sys.executable, "-m", "pytest", "-q", *SUITES], cwd=repo,
-                                 env=env)
+        status = subprocess.call([sys.executable, "-m", "pytest", "-q", *SUITES], cwd=repo, env=env)
         lines = report.read_bytes().splitlines() if report.exists() else []
     for line in lines:
         entry = orjson.loads(line)

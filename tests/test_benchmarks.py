@@ -28,8 +28,9 @@ def test_store_benchmark_at_tiny_sizes_writes_a_report(redis_url, tmp_path):
     batched = figures[f"record_runs, {store_bench.TINY.batch_rows} rows per call"]
     assert single.value > 0 and batched.baseline == single.name and batched.ratio > 0
     assert figures["1 row per commit: fragments after 10 rows"].value == 10
-    assert figures[f"{store_bench.TINY.batch_rows} rows per call: fragments after 10 rows"
-                   ].value == 2
+    assert (
+        figures[f"{store_bench.TINY.batch_rows} rows per call: fragments after 10 rows"].value == 2
+    )
     json_path, md_path = report.write(tmp_path)
     assert json.loads(json_path.read_text())["figures"][0]["name"] == single.name
     assert "| store | record_run, 1 row per commit, 1 thread |" in md_path.read_text()
@@ -43,8 +44,9 @@ def test_accepted_run_states_take_the_whole_graph():
 
     assert len({state["run_id"] for state in states}) == 5
     assert all(finished_state(state["ticks"])["verdict"]["accepted"] for state in states)
-    assert not all(finished_state(s["ticks"])["verdict"]["accepted"]
-                   for s in run_states(20, seed=3))  # the filter is doing something
+    assert not all(
+        finished_state(s["ticks"])["verdict"]["accepted"] for s in run_states(20, seed=3)
+    )  # the filter is doing something
 
 
 def test_bridge_benchmark_at_tiny_sizes_loses_nothing(redis_url):
@@ -108,12 +110,22 @@ def test_sidecar_budget_floor_measures_a_no_op_task_per_call(redis_url, tmp_path
     client = redis.Redis.from_url(redis_url)
     settings = bench_settings(redis_url, "http://unused", str(tmp_path))
 
-    sidecar_bench._floor(report, client, settings, 2, 60.0,
-                         pids={"redis": redis_pid(redis_url)}, call_ms=1.5, target=400.0)
+    sidecar_bench._floor(
+        report,
+        client,
+        settings,
+        2,
+        60.0,
+        pids={"redis": redis_pid(redis_url)},
+        call_ms=1.5,
+        target=400.0,
+    )
 
     (budget,) = report.figures
     assert budget.unit == "cores" and set(budget.params["celery_ms_per_task"]) == {
-        "redis", "worker"}
+        "redis",
+        "worker",
+    }
     task_ms = sum(budget.params["celery_ms_per_task"].values())
     per_call = budget.params["cpu_ms_per_call"]
     assert task_ms > 0  # a task is not free, and its cost is added to the call's own
@@ -127,7 +139,7 @@ def test_one_task_per_run_design_runs_the_whole_graph_in_one_task(redis_url, tmp
     from benchmarks import celery_bench, runtask_app
     from benchmarks.batches import run_states
     from benchmarks.env import bench_settings, redis_pid, sidecar_process
-    from osiris_tasks.store import RunStore
+    from osiris_tasks.store.runstore import RunStore
 
     report = Report(quick=True)
     label, worker_args = next(iter(celery_bench.ONE_TASK_PER_RUN.items()))
@@ -136,9 +148,16 @@ def test_one_task_per_run_design_runs_the_whole_graph_in_one_task(redis_url, tmp
         settings = bench_settings(redis_url, sidecar_url, str(tmp_path))
         # raises unless every run of the warm-up's 2 and the 3 measured is recorded
         rate, _ = celery_bench._layout(
-            report, settings, label, worker_args, run_states(3, accepted=True), 60.0,
+            report,
+            settings,
+            label,
+            worker_args,
+            run_states(3, accepted=True),
+            60.0,
             pids={"redis": redis_pid(redis_url), "sidecar": sidecar_url.pid},
-            app_module=runtask_app.__name__, submit=runtask_app.submit)
+            app_module=runtask_app.__name__,
+            submit=runtask_app.submit,
+        )
 
     assert rate.value > 0 and rate.params["layout"] == label
     store = RunStore(settings.lancedb_uri)
@@ -146,5 +165,10 @@ def test_one_task_per_run_design_runs_the_whole_graph_in_one_task(redis_url, tmp
     store.close()
     assert len(runs) == 5
     # Each run took every node of the graph in its one task: accepted, assessed and scored.
-    assert all(run["status"] == "success" and run["verdict"] == "accepted"
-               and run["score"] is not None and run["assessment"] for run in runs)
+    assert all(
+        run["status"] == "success"
+        and run["verdict"] == "accepted"
+        and run["score"] is not None
+        and run["assessment"]
+        for run in runs
+    )

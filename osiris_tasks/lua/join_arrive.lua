@@ -1,4 +1,4 @@
--- A part of a run's parallel step arrives at its join (join.py).
+-- A part of a run's parallel step arrives at its join (adapters/join.py).
 -- KEYS[1]: the join's hash. ARGV[1]: the part's node, ARGV[2]: its update (JSON).
 -- Returns {'gone'} when the join is no more (its run was published, or swept), {'waiting'}
 -- while parts are missing, {'taken'} when another caller already took the completed join,

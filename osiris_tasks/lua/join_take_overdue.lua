@@ -1,4 +1,4 @@
--- A sweeper takes a join past its deadline (join.py).
+-- A sweeper takes a join past its deadline (adapters/join.py).
 -- KEYS[1]: the deadlines' sorted set, KEYS[2]: the join's hash.
 -- ARGV[1]: the run_id, ARGV[2]: now (epoch s), ARGV[3]: when the sweeper's lease ends.
 -- Returns nil when the join is not due (another sweeper holds it, or it is gone), {} when its

@@ -1,0 +1,286 @@
+"""The bridge: market ticks on Redis Pub/Sub in, one Celery run per batch out.
+
+Redis disconnects a Pub/Sub subscriber whose output buffer grows past its limit
+(`client-output-buffer-limit pubsub 32mb 8mb 60`), and Pub/Sub has no replay, so the read loop
+does nothing slow: it reads a message, validates it (`parse_tick`), appends the tick to its
+group's buffer and, when a batch is due, hands the run's state to a submitter thread through a
+queue. The parts live beside this module: `config` (`BridgeConfig`), `batcher` (batching and
+backpressure, no I/O), `submitter` (the thread that calls `submit`, and its retries) and
+`stats` (counters, rejected-tick logging, the stats hash).
+
+Failures
+    If Redis goes away the read loop logs the start of the gap, reconnects with exponential
+    backoff (0.1 s doubling to 5 s), resubscribes, logs the gap's length and counts
+    `reconnects`; ticks published during the gap are lost (Pub/Sub keeps nothing). A failed
+    `submit` is the submitter's to retry.
+
+Stop (`stop()`, which the CLI calls on SIGINT/SIGTERM)
+    The bridge stops reading, has the batcher turn every non-empty buffer into a run, gives the
+    submitter up to `drain_timeout_s` to submit everything queued, then logs the final
+    counters, writes them to Redis and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from osiris_tasks.bridge.batcher import Batcher
+from osiris_tasks.bridge.config import BridgeConfig
+from osiris_tasks.bridge.pubsub_backlog import backlog
+from osiris_tasks.bridge.stats import BridgeCounters, RejectionLog, StatsReporter
+from osiris_tasks.bridge.stats import reason_key as reason_key  # importable from here, as before
+from osiris_tasks.bridge.submitter import Submitter
+from osiris_tasks.domain.ticks import parse_tick
+from osiris_tasks.errors import BridgeError, TickRejected
+from osiris_tasks.keys import ADVICE_CHANNEL
+from osiris_tasks.keys import BRIDGE_STATS_KEY as STATS_KEY
+from osiris_tasks.settings import redact_url
+
+__all__ = ["ADVICE_CHANNEL", "STATS_KEY", "Bridge", "BridgeConfig", "BridgeCounters"]
+
+logger = logging.getLogger(__name__)
+
+# Longest the read loop blocks without checking stop, max_wait_s and in-flight expiry.
+POLL_INTERVAL_S = 0.1
+# Most messages the read loop takes straight from the connection between two get_message calls.
+MAX_BUFFERED_READS = 1000
+# Reconnect backoff after losing Redis: doubles from MIN to MAX.
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
+# Socket timeouts of the client the bridge builds for itself.
+CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S = 2.0, 5.0
+# The Pub/Sub connection PINGs Redis when idle this long, so a dead peer is noticed.
+HEALTH_CHECK_INTERVAL_S = 15
+
+
+def _client_for(url: str) -> redis.Redis:
+    """A client whose errors surface at once: the bridge does its own retrying."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_keepalive=True,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+class Bridge:
+    """Reads ticks from Redis Pub/Sub and submits one run per batch (see the module docstring).
+
+    `submit(state)` starts a run (the CLI passes `lambda state: submit_run(app, state)`); it is
+    called from a submitter thread. With `submit_many(states)` (the CLI passes `submit_runs`),
+    the runs queued for the submitter go in one call (one round trip to the broker), up to
+    MAX_SUBMIT_BATCH; if it raises, each of them goes through `submit` (a run it had published
+    is then published twice and recorded once: its run_id keys its task and its record).
+
+    By default the bridge builds its Redis client from `config.redis_url`; a `redis_client`
+    passed instead must not decode responses and should not retry (`retry=Retry(NoBackoff(),
+    0)`), or redis-py reconnects behind the bridge's back and the gap goes uncounted. `clock`
+    stamps each batch's `created_at`. A Bridge runs once.
+    """
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        submit: Callable[[dict], None],
+        *,
+        submit_many: Callable[[list[dict]], object] | None = None,
+        redis_client: redis.Redis | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._config = config
+        self._owns_client = redis_client is None
+        self._redis = _client_for(config.redis_url) if redis_client is None else redis_client
+        self._counters = BridgeCounters()
+        self._submitter = Submitter(submit, self._counters, submit_many)
+        self._batcher = Batcher(config, self._counters, clock=clock, dispatch=self._submitter.put)
+        self._stats = StatsReporter(
+            self._redis,
+            self._counters,
+            config.stats_interval_s,
+            close_timeout_s=SOCKET_TIMEOUT_S + CONNECT_TIMEOUT_S,
+        )
+        self._log_rejection = RejectionLog()
+        self._stop = threading.Event()
+        self._external_stop: threading.Event | None = None
+        self._market = config.market_channel.encode()
+        self._advice = ADVICE_CHANNEL.encode()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """A snapshot of the counters (see `BridgeCounters`)."""
+        return self._counters.snapshot()
+
+    def stop(self) -> None:
+        """Ask `run()` to stop; returns at once. Safe to call from a signal handler."""
+        self._stop.set()
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Read and batch until `stop()` is called or `stop` is set; then drain and return."""
+        self._external_stop = stop
+        config = self._config
+        logger.info(
+            "bridge starting: %s ticks_per_proposal=%d group_by=%s max_wait_s=%s "
+            "max_inflight=%s proposal_ttl_s=%s",
+            config.market_channel,
+            config.ticks_per_proposal,
+            config.group_by,
+            config.max_wait_s,
+            config.max_inflight,
+            config.proposal_ttl_s,
+        )
+        self._submitter.start()
+        self._stats.start()
+        try:
+            self._read_until_stopped()
+        finally:
+            self._shutdown()
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or (
+            self._external_stop is not None and self._external_stop.is_set()
+        )
+
+    def _read_until_stopped(self) -> None:
+        pubsub = self._connect(lost_at=None)
+        while pubsub is not None:
+            try:
+                self._pump(pubsub)
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                logger.warning(
+                    "lost Redis at %s (%s); ticks published until we are back are lost",
+                    redact_url(self._config.redis_url),
+                    exc,
+                )
+                self._close(pubsub)
+                pubsub = self._connect(lost_at=time.monotonic())
+        self._close(pubsub)
+
+    def _connect(self, *, lost_at: float | None) -> redis.client.PubSub | None:
+        """Subscribe, retrying with backoff; None if stopped first."""
+        delay_s, failures = RECONNECT_MIN_S, 0
+        while not self._stopping():
+            try:
+                pubsub = self._subscribe()
+            except redis.AuthenticationError as exc:
+                raise BridgeError(f"Redis refused our credentials: {exc}") from exc
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failures += 1
+                logger.log(
+                    logging.WARNING if failures == 1 else logging.INFO,
+                    "Redis unreachable (%s); attempt %d, next in %.1f s",
+                    exc,
+                    failures,
+                    delay_s,
+                )
+                self._batcher.flush_aged()
+                self._sleep(delay_s)
+                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+                continue
+            if lost_at is not None:
+                self._counters.incr("reconnects")
+                logger.warning(
+                    "reconnected to Redis and resubscribed after a %.2f s gap (%d failed attempts)",
+                    time.monotonic() - lost_at,
+                    failures,
+                )
+            return pubsub
+        return None
+
+    def _subscribe(self) -> redis.client.PubSub:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self._config.market_channel, ADVICE_CHANNEL)
+        except redis.RedisError:
+            self._close(pubsub)
+            raise
+        parser = type(getattr(pubsub.connection, "_parser", None)).__name__
+        logger.info(
+            "subscribed to %s and %s on %s (parser %s)",
+            self._config.market_channel,
+            ADVICE_CHANNEL,
+            redact_url(self._config.redis_url),
+            parser,
+        )
+        return pubsub
+
+    def _pump(self, pubsub: redis.client.PubSub) -> None:
+        """The hot loop: nothing here may block longer than POLL_INTERVAL_S."""
+        next_housekeeping = 0.0
+        while not self._stopping():
+            message = pubsub.get_message(timeout=POLL_INTERVAL_S)
+            if message is not None:
+                self._on_message(message["channel"], message["data"])
+                self._read_buffered(pubsub)
+            now = time.monotonic()
+            if now >= next_housekeeping:
+                self._batcher.flush_aged()
+                self._batcher.expire()
+                next_housekeeping = now + POLL_INTERVAL_S
+
+    def _read_buffered(self, pubsub: redis.client.PubSub) -> None:
+        """Messages already on hand, read without `get_message`'s per-message cost."""
+        market, on_tick = self._market, self._on_tick
+        for reply in backlog(pubsub, MAX_BUFFERED_READS):
+            if isinstance(reply, list) and reply[0] == b"message":
+                if reply[1] == market:  # a tick: the common case, one call less
+                    on_tick(reply[2])
+                else:
+                    self._on_message(reply[1], reply[2])
+            else:
+                pubsub.handle_message(reply, ignore_subscribe_messages=True)
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        if channel == self._market:
+            self._on_tick(data)
+        elif channel == self._advice:
+            self._on_advice(data)
+
+    def _on_tick(self, data: bytes) -> None:
+        self._counters.incr("ticks_received")
+        try:
+            tick = parse_tick(data, default_symbol=self._config.default_symbol)
+        except TickRejected as exc:
+            self._counters.reject(exc.reason)
+            self._log_rejection(exc, data)
+            return
+        self._batcher.add(tick)
+
+    def _on_advice(self, data: bytes) -> None:
+        try:
+            run_id = orjson.loads(data).get("run_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            logger.debug("ignored a %s message that is not a JSON object", ADVICE_CHANNEL)
+            return
+        if isinstance(run_id, str):
+            self._batcher.release(run_id)
+
+    def _sleep(self, delay_s: float) -> None:
+        """Sleep without waiting on a lock, so `stop()` from a signal handler cannot deadlock."""
+        deadline = time.monotonic() + delay_s
+        while not self._stopping() and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, POLL_INTERVAL_S))
+
+    def _shutdown(self) -> None:
+        self._batcher.drain()
+        self._submitter.close(self._config.drain_timeout_s)
+        self._stats.close()
+        if self._owns_client:
+            self._redis.close()
+
+    @staticmethod
+    def _close(pubsub: redis.client.PubSub | None) -> None:
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except (redis.RedisError, OSError):
+                logger.debug("closing a broken Pub/Sub connection failed", exc_info=True)

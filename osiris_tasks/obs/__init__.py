@@ -1,0 +1,2 @@
+"""Observability: logging setup (text or JSON, run_id on every line) and OpenTelemetry
+tracing."""

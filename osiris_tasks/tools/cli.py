@@ -1,0 +1,267 @@
+"""Command line: `osiris sidecar|sim|bridge|runs|demo` and `osiris-bridge`.
+
+Thin on purpose: parse flags, build settings, set up logging, call one function. Flags use the
+original's underscores; dashed aliases work too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from osiris_tasks.keys import MARKET_CHANNEL
+from osiris_tasks.obs.logs import setup_logging
+from osiris_tasks.settings import Settings
+
+__all__ = ["bridge_main", "main"]
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """`--name_with_underscores`, plus `--name-with-dashes` when that differs."""
+    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*names, dest=name, **kwargs)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "log_level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    _flag(parser, "json_logs", action="store_true", help="JSON log lines (or OSIRIS_JSON_LOGS=1)")
+
+
+def _sidecar_parser(sub) -> None:
+    p = sub.add_parser("sidecar", help="the reference sidecar (a rule-based stand-in, no model)")
+    _flag(p, "host", default="127.0.0.1")
+    _flag(p, "port", type=int, default=8000)
+    _flag(p, "latency_ms", type=float, default=0.0, help="added to every POST")
+    _flag(p, "error_rate", type=float, default=0.0, help="fraction of POSTs answered 503")
+    _flag(p, "garbage_rate", type=float, default=0.0, help="fraction answered 200 non-JSON")
+    _flag(p, "seed", type=int, default=0, help="seed of the fault draws")
+    _flag(p, "token", default=None, help="require this bearer token")
+    _flag(p, "ack_redis_url", default=None, help="publish TTS acknowledgements on this Redis")
+    _common(p)
+
+
+def _bridge_flags(p: argparse.ArgumentParser) -> None:
+    _flag(p, "redis_url", default=None, help="default: OSIRIS_REDIS_URL")
+    _flag(p, "market_channel", default=MARKET_CHANNEL)
+    _flag(p, "ticks_per_proposal", type=int, default=10)
+    _flag(p, "max_wait_s", type=float, default=None, help="submit a partial batch this old")
+    _flag(p, "group_by", choices=("symbol", "none"), default="symbol")
+    _flag(p, "default_symbol", default=None, help="for ticks without one (default: SPY)")
+    _flag(p, "proposal_ttl_s", type=float, default=None, help="older runs are recorded expired")
+    _flag(p, "max_inflight", type=int, default=None, help="at most N runs queued or running")
+    _flag(p, "stats_interval_s", type=float, default=10.0)
+    _flag(p, "metrics_port", type=int, default=None, help="serve Prometheus /metrics here")
+    _flag(p, "metrics_addr", default="127.0.0.1", help="address of the /metrics endpoint")
+    _common(p)
+
+
+def _sim_parser(sub) -> None:
+    p = sub.add_parser("sim", help="publish simulated or replayed ticks")
+    _flag(p, "redis_url", default=None, help="default: OSIRIS_REDIS_URL")
+    _flag(p, "market_channel", default=MARKET_CHANNEL)
+    _flag(p, "symbols", default="AAPL,MSFT,NVDA", help="comma-separated (synthetic ticks)")
+    _flag(p, "rate", type=float, default=20.0, help="ticks per second; 0 = as fast as possible")
+    _flag(p, "duration", type=float, default=None, help="seconds (default: until the end/Ctrl-C)")
+    _flag(p, "max_ticks", type=int, default=None)
+    _flag(p, "seed", type=int, default=7)
+    _flag(p, "volatility", type=float, default=0.002, help="GBM volatility per tick")
+    _flag(p, "replay", default=None, help="CSV (OHLCV columns) or JSONL file to replay")
+    _common(p)
+
+
+def _runs_parser(sub) -> None:
+    p = sub.add_parser("runs", help="recorded runs in LanceDB")
+    rsub = p.add_subparsers(dest="runs_command", required=True)
+    lst = rsub.add_parser("list", help="recent runs as a table")
+    _flag(lst, "limit", type=int, default=20)
+    show = rsub.add_parser("show", help="everything about one run")
+    show.add_argument("run_id")
+    exp = rsub.add_parser("export", help="runs as prompt/completion/outcome rows")
+    _flag(exp, "format", choices=("jsonl", "parquet"), default="jsonl")
+    _flag(exp, "output", default=None, help="file (default: runs.<format>)")
+    replay = rsub.add_parser("replay", help="record the dead-lettered runs kept in Redis")
+    _flag(replay, "redis_url", default=None, help="default: OSIRIS_REDIS_URL")
+    for parser in (lst, show, exp, replay):
+        _flag(parser, "lancedb_uri", default=None, help="default: OSIRIS_LANCEDB_URI")
+    _common(p)
+
+
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline locally for a while")
+    _flag(p, "duration", type=float, default=20.0, help="seconds of simulated ticks")
+    _flag(p, "rate", type=float, default=20.0, help="ticks per second")
+    _flag(p, "ticks_per_proposal", type=int, default=10)
+    _flag(p, "flower", action="store_true", help="also start Flower on --flower_port")
+    _flag(p, "flower_port", type=int, default=5555)
+    _common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="osiris", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _sidecar_parser(sub)
+    _sim_parser(sub)
+    _bridge_flags(sub.add_parser("bridge", help="Pub/Sub ticks -> Celery runs"))
+    _runs_parser(sub)
+    _demo_parser(sub)
+    return parser
+
+
+def _stop_on_signals(stop) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop())
+
+
+def cmd_sidecar(args, settings: Settings) -> int:
+    from osiris_tasks.tools.reference_sidecar import Faults, serve_forever
+
+    faults = Faults(
+        latency_ms=args.latency_ms, error_rate=args.error_rate, garbage_rate=args.garbage_rate
+    )
+    serve_forever(
+        args.host,
+        args.port,
+        faults=faults,
+        seed=args.seed,
+        token=args.token,
+        ack_redis_url=args.ack_redis_url,
+    )
+    return 0
+
+
+def cmd_bridge(args, settings: Settings) -> int:
+    from osiris_tasks.bridge.service import Bridge, BridgeConfig
+    from osiris_tasks.obs import telemetry
+    from osiris_tasks.tasks.canvas import submit_run, submit_runs
+    from osiris_tasks.tasks.celery_app import app, configure
+
+    configure(app, settings)
+    telemetry.setup(settings, telemetry.BRIDGE_SERVICE)
+    config = BridgeConfig(
+        redis_url=args.redis_url or settings.redis_url,
+        market_channel=args.market_channel,
+        ticks_per_proposal=args.ticks_per_proposal,
+        max_wait_s=args.max_wait_s,
+        group_by=args.group_by,
+        default_symbol=args.default_symbol or settings.default_symbol,
+        proposal_ttl_s=args.proposal_ttl_s,
+        max_inflight=args.max_inflight,
+        stats_interval_s=args.stats_interval_s,
+    )
+    bridge = Bridge(
+        config,
+        lambda state: submit_run(app, state),
+        submit_many=lambda states: submit_runs(app, states),
+    )
+    if args.metrics_port:
+        from osiris_tasks.bridge.metrics import serve_metrics
+
+        serve_metrics(args.metrics_port, lambda: bridge.counters, addr=args.metrics_addr)
+    _stop_on_signals(bridge.stop)
+    try:
+        bridge.run()
+    finally:
+        telemetry.shutdown()
+    return 0
+
+
+def cmd_sim(args, settings: Settings) -> int:
+    from osiris_tasks.adapters.resources import redis_client
+    from osiris_tasks.tools.sim import publish, replay_ticks, synthetic_ticks
+
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    if args.replay:
+        ticks = replay_ticks(args.replay, default_symbol=settings.default_symbol)
+    else:
+        ticks = synthetic_ticks(args.symbols.split(","), seed=args.seed, volatility=args.volatility)
+    client = redis_client(args.redis_url or settings.redis_url)
+    count = publish(
+        client,
+        args.market_channel,
+        ticks,
+        rate_per_s=args.rate or None,
+        duration_s=args.duration,
+        max_ticks=args.max_ticks,
+        stop=stop,
+    )
+    Console(stderr=True).print(f"published {count} ticks on {args.market_channel}")
+    return 0
+
+
+def cmd_runs(args, settings: Settings) -> int:
+    from osiris_tasks.store.runstore import RunStore
+    from osiris_tasks.tools import runs
+
+    console = runs.console()
+    if args.runs_command == "replay":
+        from osiris_tasks.adapters.deadletter import DeadLetter
+        from osiris_tasks.adapters.resources import redis_client
+
+        # The store writes under Redis claims, as the workers' do: a replay racing a worker's
+        # write of the same run still records it once.
+        client = redis_client(args.redis_url or settings.redis_url)
+        replayed, left = DeadLetter(client).replay(
+            RunStore(args.lancedb_uri or settings.lancedb_uri, redis=client)
+        )
+        console.print(f"replayed {replayed} dead-lettered runs; {left} left")
+        return 0 if left == 0 else 1
+    store = RunStore(args.lancedb_uri or settings.lancedb_uri)
+    if args.runs_command == "list":
+        console.print(runs.runs_table(store.recent_runs(args.limit)))
+    elif args.runs_command == "show":
+        details = runs.run_details(store, args.run_id)
+        if details is None:
+            console.print(f"no run {args.run_id}")
+            return 1
+        print(runs.format_details(details))
+    else:
+        output = Path(args.output or f"runs.{args.format}")
+        count = runs.export_runs(store, args.format, output)
+        console.print(f"exported {count} runs to {output}")
+    return 0
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from osiris_tasks.tools.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        duration_s=args.duration,
+        rate_per_s=args.rate,
+        ticks_per_proposal=args.ticks_per_proposal,
+        flower=args.flower,
+        flower_port=args.flower_port,
+    )
+    return 0 if run_demo(settings, options) > 0 else 1
+
+
+COMMANDS = {
+    "sidecar": cmd_sidecar,
+    "bridge": cmd_bridge,
+    "sim": cmd_sim,
+    "runs": cmd_runs,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`osiris ...`"""
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    setup_logging(args.log_level, json_logs=args.json_logs or settings.json_logs)
+    return COMMANDS[args.command](args, settings)
+
+
+def bridge_main(argv: Sequence[str] | None = None) -> int:
+    """`osiris-bridge ...`, the same as `osiris bridge ...`."""
+    return main(["bridge", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

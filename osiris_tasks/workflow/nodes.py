@@ -1,0 +1,339 @@
+"""The workflow's nodes as pure functions: a state in, an update out, dependencies explicit.
+
+No Celery, Redis, LanceDB or HTTP here (the adapters come as arguments): the same functions
+serve the in-process LangGraph runner and the Celery tasks.
+Expected failures raise `OsirisError` subclasses; `guard.guarded` turns them into recorded
+error outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from osiris_tasks.domain.ids import utc_iso
+from osiris_tasks.domain.market import summarize, summary_text
+from osiris_tasks.domain.proposal import build_prompt, parse_completion
+from osiris_tasks.domain.risk import RiskLimits, Verdict, assess
+from osiris_tasks.domain.ticks import validate_tick
+from osiris_tasks.errors import OsirisError, ProposalInvalid, StoreError, TickRejected
+from osiris_tasks.keys import ADVICE_CHANNEL, PROPOSAL_ASSESSED_CHANNEL, PROPOSAL_CREATED_CHANNEL
+from osiris_tasks.workflow.state import UPSTREAM_ERROR_RULE, apply_update, run_status
+
+if TYPE_CHECKING:  # the adapters are given to the nodes: the workflow imports none of them
+    from osiris_tasks.adapters.deadletter import DeadLetter
+    from osiris_tasks.adapters.events import EventBus
+    from osiris_tasks.adapters.portfolio import Portfolio
+    from osiris_tasks.adapters.sidecar import SidecarClient
+    from osiris_tasks.adapters.tickstash import TickStash
+    from osiris_tasks.store.runstore import RunStore
+
+__all__ = [
+    "evaluate_proposal",
+    "generate_proposal",
+    "publish_events",
+    "query_market",
+    "record_run",
+    "risk_management",
+    "error_entry",
+    "run_row",
+    "score_proposal",
+]
+
+logger = logging.getLogger(__name__)
+
+State = Mapping[str, Any]
+# State keys with a column of their own in `orchestrator_runs`, left out of `final_output`
+# (`ticks_ref` is where the ticks of `input_query` were kept).
+SEPARATE_COLUMNS = frozenset({"ticks", "ticks_ref", "prompt", "raw_completion"})
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def query_market(
+    state: State, *, default_symbol: str, stash: TickStash | None = None
+) -> dict[str, Any]:
+    """Re-validate the batch's ticks and summarise them per symbol; with a `stash`, a large
+    batch's ticks go there and the state carries their key (`ticks_ref`) instead."""
+    valid, rejected = [], 0
+    for raw in state.get("ticks") or []:
+        try:
+            valid.append(
+                validate_tick(raw, default_symbol=default_symbol, now_s=state.get("created_at"))
+            )
+        except TickRejected:
+            rejected += 1
+    if not valid:
+        raise TickRejected(f"no valid ticks in the batch ({rejected} rejected)")
+    summary = summarize(valid)
+    update = {
+        "ticks": valid,
+        "rejected_ticks": rejected,
+        "summary": summary,
+        "market_text": summary_text(summary),
+        "symbols": list(summary),
+    }
+    if stash is not None and stash.wants(len(valid)):
+        key = stash.put(state["run_id"], _json(valid))
+        if key is not None:
+            update.update(ticks=[], ticks_ref=key)
+    return update
+
+
+def generate_proposal(
+    state: State,
+    *,
+    sidecar: SidecarClient,
+    portfolio: Portfolio,
+    limits: RiskLimits,
+    max_length: int,
+) -> dict[str, Any]:
+    """Ask the sidecar for a proposal and parse it; an unusable completion is kept raw."""
+    if state.get("errors") or state.get("expired"):
+        return {}
+    book = portfolio.snapshot(state["run_id"])
+    prompt = build_prompt(
+        state["market_text"],
+        state["symbols"],
+        nav=book["nav"] or 0.0,
+        daily_pnl=book["daily_pnl"] or 0.0,
+        max_position_size_pct=limits.max_position_size_pct,
+        max_daily_loss_pct=limits.max_daily_loss_pct,
+    )
+    update: dict[str, Any] = {"prompt": prompt, "book_at_prompt": book}
+    body = sidecar.generate(prompt, max_length=max_length, run_id=state["run_id"])
+    try:
+        update["proposal"], update["raw_completion"] = parse_completion(body)
+    except ProposalInvalid as exc:
+        update.update(
+            proposal=None, raw_completion=exc.raw, errors=[error_entry("generate_proposal", exc)]
+        )
+    return update
+
+
+def risk_management(
+    state: State,
+    *,
+    store: RunStore,
+    portfolio: Portfolio,
+    limits: RiskLimits,
+) -> dict[str, Any]:
+    """Decide with the risk gate and log the decision to `advice`; an upstream error rejects."""
+    book = portfolio.snapshot(state["run_id"])
+    if state.get("expired"):
+        verdict = Verdict(False, "batch expired before a proposal was made", "expired")
+    elif state.get("errors"):
+        verdict = Verdict(
+            False, f"upstream error: {state['errors'][0]['message']}", UPSTREAM_ERROR_RULE
+        )
+    else:
+        verdict = assess(
+            state.get("proposal"),
+            nav=book["nav"],
+            daily_pnl=book["daily_pnl"],
+            symbols=state.get("symbols") or (),
+            limits=limits,
+        )
+    store.record_advice(
+        {
+            "advice_id": f"adv_{state['run_id']}",
+            "run_id": state["run_id"],
+            "timestamp": utc_iso(),
+            "proposal": _json(state.get("proposal")),
+            "accepted": verdict.accepted,
+            "reason": verdict.reason,
+            "rule": verdict.rule,
+            "nav_before_trade": book["nav"],
+            "daily_pnl_before_trade": book["daily_pnl"],
+        }
+    )
+    logger.info(
+        "run_id=%s risk verdict accepted=%s rule=%s",
+        state["run_id"],
+        verdict.accepted,
+        verdict.rule,
+    )
+    return {"verdict": verdict.as_dict(), "book": book}
+
+
+def evaluate_proposal(state: State, *, sidecar: SidecarClient, max_length: int) -> dict:
+    """Hermes assessment of the accepted proposal."""
+    body = sidecar.propose_trade_adjustments(
+        _json(state["proposal"]), max_length=max_length, run_id=state["run_id"]
+    )
+    return {
+        "assessment": {
+            "transaction_id": body.get("transaction_id") or f"tx_{state['run_id']}",
+            "phi3_proposal": body.get("phi3_proposal"),
+            "hermes_assessment": body["hermes_assessment"],
+        }
+    }
+
+
+def score_proposal(state: State, *, sidecar: SidecarClient) -> dict[str, Any]:
+    """Hermes score of the accepted proposal, in the context of the market summary."""
+    score = sidecar.score(
+        dict(state["proposal"]), state.get("market_text", ""), run_id=state["run_id"]
+    )
+    return {"score": score}
+
+
+def advice_event(state: State, status: str) -> dict[str, Any]:
+    """The `advice.generated` payload."""
+    assessment = state.get("assessment") or {}
+    return {
+        "timestamp": utc_iso(),
+        "status": status,
+        "proposal": state.get("proposal"),
+        "risk_gate_verdict": state.get("verdict"),
+        "hermes_assessment": assessment.get("hermes_assessment"),
+        "hermes_score": state.get("score"),
+        "error": "; ".join(e["message"] for e in state.get("errors") or []) or None,
+    }
+
+
+def publish_events(
+    state: State,
+    *,
+    bus: EventBus,
+    speak: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """Publish the run's events; ask `speak` (when TTS is on) to voice the assessment."""
+    run_id, status = state["run_id"], run_status(state)
+    events = [bus.publish_once(ADVICE_CHANNEL, advice_event(state, status), run_id=run_id)]
+    assessment = state.get("assessment")
+    if assessment:
+        tx = assessment["transaction_id"]
+        events.append(
+            bus.publish_once(
+                PROPOSAL_CREATED_CHANNEL,
+                {
+                    **(state.get("proposal") or {}),
+                    "orchestrator_run_id": run_id,
+                    "transaction_id": tx,
+                },
+                run_id=run_id,
+            )
+        )
+        events.append(
+            bus.publish_once(
+                PROPOSAL_ASSESSED_CHANNEL,
+                {
+                    "proposal_transaction_id": tx,
+                    "orchestrator_run_id": run_id,
+                    "assessment_text": assessment["hermes_assessment"],
+                },
+                run_id=run_id,
+            )
+        )
+        if speak is not None:
+            speak(run_id=run_id, transaction_id=tx, text=assessment["hermes_assessment"])
+    return {"events": events, "status": status}
+
+
+def run_row(state: State, *, ticks_json: str | None = None) -> dict[str, Any]:
+    """The `orchestrator_runs` row for a finished run (`ticks_json`: its ticks, already JSON)."""
+    proposal, verdict = state.get("proposal") or {}, state.get("verdict") or {}
+    errors = state.get("errors") or []
+    return {
+        "run_id": state["run_id"],
+        "timestamp": utc_iso(),
+        "created_at": utc_iso(state.get("created_at")),
+        "status": run_status(state),
+        "symbols": ",".join(state.get("symbols") or []),
+        "side": proposal.get("side"),
+        "quantity": proposal.get("quantity"),
+        "verdict": ("accepted" if verdict.get("accepted") else "rejected") if verdict else None,
+        "rule": verdict.get("rule"),
+        "score": state.get("score"),
+        "transaction_id": (state.get("assessment") or {}).get("transaction_id"),
+        "input_query": ticks_json if ticks_json is not None else _json(state.get("ticks") or []),
+        "final_output": _json({k: v for k, v in state.items() if k not in SEPARATE_COLUMNS}),
+        "error_message": "; ".join(f"{e['node']}: {e['message']}" for e in errors) or None,
+        "prompt": state.get("prompt"),
+        "raw_completion": state.get("raw_completion"),
+        "proposal": _json(state.get("proposal")),
+        "risk_verdict": _json(verdict or None),
+        "assessment": (state.get("assessment") or {}).get("hermes_assessment"),
+        "timings_ms": _json(state.get("timings_ms") or {}),
+        "events": _json(state.get("events") or []),
+    }
+
+
+def record_run(
+    state: State,
+    *,
+    store: RunStore,
+    deadletter: DeadLetter,
+    stash: TickStash | None = None,
+    final: bool = True,
+) -> dict[str, Any]:
+    """Write the run to `orchestrator_runs` (idempotent by run_id), its ticks read back from
+    the `stash` if they went by reference (and forgotten there once written).
+
+    On the `final` attempt a write that fails goes to the dead-letter list instead of being lost,
+    and ticks that cannot be read back are recorded as an error, never made up.
+    """
+    run_id, ref, ticks_json, update = state["run_id"], state.get("ticks_ref"), None, {}
+    if ref:
+        ticks_json = _stashed_ticks(run_id, ref, stash, final)
+        if ticks_json is None:
+            done = _recorded_row(store, run_id)
+            if done is not None:  # redelivered after an attempt that recorded it and forgot them
+                return {"recorded": True, "status": done["status"]}
+            logger.error("run_id=%s the batch's ticks (%s) are gone from Redis", run_id, ref)
+            update["errors"] = [
+                error_entry(
+                    "record_run",
+                    StoreError(
+                        f"the batch's ticks ({ref}) were gone from Redis; input_query left empty",
+                        run_id=run_id,
+                        node="record_run",
+                    ),
+                )
+            ]
+            state = apply_update(state, update)
+    row = run_row(state, ticks_json=ticks_json)
+    try:
+        written = store.record_run(row)
+    except StoreError as exc:
+        if not final:
+            raise
+        deadletter.push(row, reason=str(exc))
+        written = None
+    if ticks_json is not None:
+        stash.delete(ref)
+    if written is None:
+        return {**update, "recorded": False, "status": row["status"]}
+    logger.info("run_id=%s recorded status=%s (new row: %s)", run_id, row["status"], written)
+    return {**update, "recorded": True, "status": row["status"]}
+
+
+def _stashed_ticks(run_id: str, ref: str, stash: TickStash | None, final: bool) -> str | None:
+    """The ticks' JSON under `ref`; None if gone (or unreadable on the `final` attempt)."""
+    try:
+        return stash.get(ref) if stash is not None else None
+    except StoreError:
+        if not final:
+            raise
+        logger.exception("run_id=%s ticks unreadable on the last attempt", run_id)
+        return None
+
+
+def _recorded_row(store: RunStore, run_id: str) -> dict[str, Any] | None:
+    """The run's row if it is already written; None if not, or if the store cannot say (the
+    write that follows then fails into the dead-letter list, or is retried)."""
+    try:
+        return store.get_run(run_id)
+    except StoreError:
+        return None
+
+
+def error_entry(node: str, exc: BaseException) -> dict[str, str]:
+    message = exc.message if isinstance(exc, OsirisError) else str(exc)
+    return {"node": node, "type": type(exc).__name__, "message": message}
