@@ -44,7 +44,20 @@ DEFAULT_TICKS_BY_REFERENCE_MIN = 50
 # plus one task time limit (a part redelivered after a killed worker, then run in full) before
 # a sweeper records the run with the parts it has (adapters/join.py).
 JOIN_DEADLINE_VISIBILITY_TIMEOUTS = 2
-# How long the TTS task waits for `tts.acknowledged.<tx>` before giving up.
+# The LLM backend of the three LLM nodes: the Osiris sidecar's API, or any server speaking
+# OpenAI's Chat Completions (Ollama, vLLM, llama.cpp's server, LM Studio, OpenAI).
+LLM_BACKENDS = ("sidecar", "openai")
+DEFAULT_LLM_BACKEND = "sidecar"
+DEFAULT_LLM_BASE_URL = "http://localhost:11434/v1"  # Ollama's OpenAI-compatible API
+DEFAULT_LLM_MODEL = "phi3"
+# How the proposal's JSON is asked for: a strict JSON Schema, JSON mode (with the schema where
+# the server takes one, as llama.cpp's does), or the prompt alone. A server that refuses one
+# is asked the next way (remembered per server).
+LLM_STRUCTURED_MODES = ("json_schema", "json_object", "none")
+DEFAULT_LLM_STRUCTURED = "json_schema"
+DEFAULT_LLM_TEMPERATURE = 0.0
+DEFAULT_LLM_MAX_TOKENS = 512
+# How the TTS task waits for `tts.acknowledged.<tx>` before giving up.
 DEFAULT_TTS_ACK_TIMEOUT_S = 30.0
 
 
@@ -68,6 +81,15 @@ class Settings:
     store_cleanup_older_than_s: float = DEFAULT_STORE_CLEANUP_OLDER_THAN_S
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
     ticks_by_reference_min: int = DEFAULT_TICKS_BY_REFERENCE_MIN
+    llm_backend: str = DEFAULT_LLM_BACKEND
+    llm_base_url: str = DEFAULT_LLM_BASE_URL
+    llm_api_key: str | None = field(default=None, repr=False)
+    llm_model: str = DEFAULT_LLM_MODEL
+    llm_eval_model: str | None = None  # None: llm_model
+    llm_structured: str = DEFAULT_LLM_STRUCTURED
+    llm_temperature: float = DEFAULT_LLM_TEMPERATURE
+    llm_seed: int | None = None
+    llm_max_tokens: int = DEFAULT_LLM_MAX_TOKENS
     join_deadline_s: float | None = None  # None: derived (see `run_join_deadline_s`)
     tts_enabled: bool = False
     tts_ack_timeout_s: float = DEFAULT_TTS_ACK_TIMEOUT_S
@@ -115,6 +137,15 @@ class Settings:
                 env, "OSIRIS_TICKS_BY_REFERENCE_MIN", DEFAULT_TICKS_BY_REFERENCE_MIN
             ),
             join_deadline_s=_float(env, "OSIRIS_JOIN_DEADLINE_S", None),
+            llm_backend=env.get("OSIRIS_LLM_BACKEND") or DEFAULT_LLM_BACKEND,
+            llm_base_url=(env.get("OSIRIS_LLM_BASE_URL") or DEFAULT_LLM_BASE_URL).rstrip("/"),
+            llm_api_key=env.get("OSIRIS_LLM_API_KEY") or env.get("OPENAI_API_KEY") or None,
+            llm_model=env.get("OSIRIS_LLM_MODEL") or DEFAULT_LLM_MODEL,
+            llm_eval_model=env.get("OSIRIS_LLM_EVAL_MODEL") or None,
+            llm_structured=env.get("OSIRIS_LLM_STRUCTURED") or DEFAULT_LLM_STRUCTURED,
+            llm_temperature=_float(env, "OSIRIS_LLM_TEMPERATURE", DEFAULT_LLM_TEMPERATURE),
+            llm_seed=_optional_int(env, "OSIRIS_LLM_SEED"),
+            llm_max_tokens=_int(env, "OSIRIS_LLM_MAX_TOKENS", DEFAULT_LLM_MAX_TOKENS),
             tts_enabled=_bool(env, "OSIRIS_TTS_ENABLED"),
             max_position_size_pct=_float(
                 env, "OSIRIS_MAX_POSITION_SIZE_PCT", RISK_GATE_CONFIG["max_position_size_pct"]
@@ -145,6 +176,14 @@ class Settings:
             )
         if self.ticks_by_reference_min < 0:
             raise ConfigError("OSIRIS_TICKS_BY_REFERENCE_MIN must be 0 (never) or more")
+        if self.llm_backend not in LLM_BACKENDS:
+            raise ConfigError(f"OSIRIS_LLM_BACKEND must be one of {', '.join(LLM_BACKENDS)}")
+        if self.llm_structured not in LLM_STRUCTURED_MODES:
+            raise ConfigError(
+                f"OSIRIS_LLM_STRUCTURED must be one of {', '.join(LLM_STRUCTURED_MODES)}"
+            )
+        if self.llm_max_tokens < 1:
+            raise ConfigError("OSIRIS_LLM_MAX_TOKENS must be at least 1")
         if self.join_deadline_s is not None and self.join_deadline_s <= 0:
             raise ConfigError("OSIRIS_JOIN_DEADLINE_S must be positive (or unset)")
         if self.sidecar_retry_budget_s >= self.visibility_timeout_s:
@@ -162,6 +201,11 @@ class Settings:
     def task_time_limit_s(self) -> int:
         """Hard limit for any task: above the sidecar budget, well under the visibility timeout."""
         return int(min(self.sidecar_retry_budget_s + 30, self.visibility_timeout_s * 0.8))
+
+    @property
+    def llm_eval_model_or_default(self) -> str:
+        """The model that assesses and scores proposals: `llm_eval_model`, else `llm_model`."""
+        return self.llm_eval_model or self.llm_model
 
     @property
     def run_join_deadline_s(self) -> float:
@@ -201,6 +245,11 @@ def _float(env: Mapping[str, str], name: str, default: float | None) -> float | 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(_float(env, name, default))
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    value = _float(env, name, None)
+    return None if value is None else int(value)
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:

@@ -15,6 +15,7 @@ import redis
 from osiris_tasks.adapters.deadletter import DeadLetter
 from osiris_tasks.adapters.events import EventBus
 from osiris_tasks.adapters.join import RunJoin
+from osiris_tasks.adapters.llm import ChatCompletionsBackend
 from osiris_tasks.adapters.portfolio import Portfolio
 from osiris_tasks.adapters.sidecar import SidecarClient
 from osiris_tasks.adapters.tickstash import TickStash
@@ -58,6 +59,8 @@ class Resources:
     limits: RiskLimits
     stash: TickStash
     joins: RunJoin
+    # The LLM nodes' backend: the sidecar's client itself, or an OpenAI-compatible server's.
+    llm: SidecarClient | ChatCompletionsBackend
     _store: RunStore | None = field(default=None, repr=False)
     _store_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -87,10 +90,11 @@ class Resources:
     @classmethod
     def from_settings(cls, settings: Settings) -> Resources:
         client = redis_client(settings.redis_url)
+        sidecar = SidecarClient.from_settings(settings)
         return cls(
             settings=settings,
             redis=client,
-            sidecar=SidecarClient.from_settings(settings),
+            sidecar=sidecar,
             portfolio=Portfolio(
                 client, default_nav=settings.nav, default_daily_pnl=settings.daily_pnl
             ),
@@ -99,18 +103,27 @@ class Resources:
             limits=RiskLimits(settings.max_position_size_pct, settings.max_daily_loss_pct),
             stash=TickStash(client, min_ticks=settings.ticks_by_reference_min),
             joins=RunJoin(client),
+            llm=(
+                ChatCompletionsBackend.from_settings(settings)
+                if settings.llm_backend == "openai"
+                else sidecar
+            ),
         )
 
     def reset_after_fork(self) -> None:
         """Drop connections inherited from a parent process."""
         self.redis.connection_pool.reset()
         self.sidecar.reset_after_fork()
+        if self.llm is not self.sidecar:
+            self.llm.reset_after_fork()
         self._store_lock = threading.Lock()
         if self._store is not None:
             self._store.reset_after_fork()
 
     def close(self) -> None:
         self.sidecar.close()
+        if self.llm is not self.sidecar:
+            self.llm.close()
         if self._store is not None:
             self._store.close()
         self.redis.close()

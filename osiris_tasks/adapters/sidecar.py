@@ -22,6 +22,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -140,6 +141,9 @@ class _Request:
     run_id: str | None
     params: dict[str, str] | None = None
     payload: dict[str, Any] | None = None
+    # Errors after which this call stops retrying, though they are retryable in general (a
+    # server that refuses a request's shape with a 500 answers every retry the same way).
+    give_up: Callable[[SidecarError], bool] | None = None
 
     @property
     def where(self) -> str:
@@ -200,9 +204,11 @@ class SidecarClient:
         *,
         max_length: int,
         model_id: str = DEFAULT_MODEL_ID,
+        symbols: Sequence[str] = (),
         run_id: str | None = None,
     ) -> Any:
-        """A completion: the decoded JSON body, or the body as text if it is not JSON."""
+        """A completion: the decoded JSON body, or the body as text if it is not JSON. The
+        sidecar's API takes no schema, so `symbols` (the ticker's choices) is not sent."""
         payload = {"prompt": prompt, "max_length": max_length, "model_id": model_id}
         request = _Request("POST", "/generate/", run_id, {"model_id": model_id}, payload)
         body = self._call(request)
@@ -234,6 +240,19 @@ class SidecarClient:
         if finite_number(value) is None:
             raise self._error(request, SidecarResponseError, "answered a score that is not finite")
         return float(value)
+
+    def post_json(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        *,
+        run_id: str | None = None,
+        give_up: Callable[[SidecarError], bool] | None = None,
+    ) -> dict:
+        """POST `payload` to `path` (below the base URL) with this client's retries, budget and
+        breaker; the answer as a JSON object. `give_up` names retryable errors not to retry."""
+        request = _Request("POST", path, run_id, payload=payload, give_up=give_up)
+        return self._json_object(request, self._call(request))
 
     def speak(
         self,
@@ -274,7 +293,7 @@ class SidecarClient:
         try:
             body = self._send_with_retries(request)
         except SidecarError as exc:
-            if exc.retryable:
+            if _worth_retrying(request, exc):
                 self._breaker.record_failure()
             else:
                 self._breaker.record_success()
@@ -289,7 +308,7 @@ class SidecarClient:
             try:
                 return self._send(request, deadline)
             except SidecarError as exc:
-                wait_s = self._retry_wait_s(exc, attempt, deadline)
+                wait_s = self._retry_wait_s(request, exc, attempt, deadline)
                 if wait_s is None:
                     raise
                 logger.warning(
@@ -304,9 +323,11 @@ class SidecarClient:
             self._sleep(wait_s)
             attempt += 1
 
-    def _retry_wait_s(self, exc: SidecarError, attempt: int, deadline: float) -> float | None:
+    def _retry_wait_s(
+        self, request: _Request, exc: SidecarError, attempt: int, deadline: float
+    ) -> float | None:
         """How long to wait before the next attempt, or None to give up now."""
-        if not exc.retryable or attempt >= self._max_attempts:
+        if not _worth_retrying(request, exc) or attempt >= self._max_attempts:
             return None
         wait_s = None
         if isinstance(exc, SidecarStatusError) and exc.status in RETRY_AFTER_STATUSES:
@@ -437,6 +458,11 @@ class SidecarClient:
         if self._token:
             message = message.replace(self._token, "***")
         return cls(message, run_id=request.run_id, **fields)
+
+
+def _worth_retrying(request: _Request, exc: SidecarError) -> bool:
+    """Whether `exc` is retryable for this request (and so counts against the breaker)."""
+    return exc.retryable and not (request.give_up is not None and request.give_up(exc))
 
 
 def _new_pool(base_url: str) -> urllib3.HTTPConnectionPool:

@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from osiris_tasks.errors import ProposalInvalid
 
-__all__ = ["Proposal", "build_prompt", "parse_completion"]
+__all__ = [
+    "ASSESSMENT_SCHEMA",
+    "SCORE_SCHEMA",
+    "Proposal",
+    "build_prompt",
+    "parse_completion",
+    "proposal_schema",
+]
 
 # Completions longer than this are cut before parsing and storing.
 MAX_COMPLETION_CHARS = 32_768
@@ -39,6 +46,45 @@ class Proposal(BaseModel):
     new_target_pct: float | None = None
     confidence: float = 0.0
     rationale: str = Field(default="", max_length=2000)
+
+
+def proposal_schema(symbols: Sequence[str]) -> dict[str, Any]:
+    """`Proposal` as a JSON Schema for structured output, in the form strict modes ask for:
+    every field required (nullable where the model allows None), no other field, the ticker
+    one of the batch's `symbols`. The tolerant parser still validates what comes back."""
+    nullable_number = {"anyOf": [{"type": "number"}, {"type": "null"}]}
+    properties = {
+        "ticker": {"type": "string", "enum": list(symbols)},
+        "action": {"type": "string", "enum": ["adjust", "pass", "abort"]},
+        "side": {"anyOf": [{"type": "string", "enum": ["LONG", "SHORT"]}, {"type": "null"}]},
+        "quantity": nullable_number,
+        "price_estimate": nullable_number,
+        "new_stop_pct": nullable_number,
+        "new_target_pct": nullable_number,
+        "confidence": {"type": "number"},
+        "rationale": {"type": "string"},
+    }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+# The evaluators' answers, as JSON Schemas for structured output.
+ASSESSMENT_SCHEMA = {
+    "type": "object",
+    "properties": {"assessment": {"type": "string"}},
+    "required": ["assessment"],
+    "additionalProperties": False,
+}
+SCORE_SCHEMA = {
+    "type": "object",
+    "properties": {"score": {"type": "number", "minimum": 0, "maximum": 1}},
+    "required": ["score"],
+    "additionalProperties": False,
+}
 
 
 def build_prompt(

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from osiris_tasks.keys import MARKET_CHANNEL
 from osiris_tasks.obs.logs import setup_logging
-from osiris_tasks.settings import Settings
+from osiris_tasks.settings import LLM_BACKENDS, Settings
 
 __all__ = ["bridge_main", "main"]
 
@@ -99,6 +99,13 @@ def _demo_parser(sub) -> None:
     _flag(p, "ticks_per_proposal", type=int, default=10)
     _flag(p, "flower", action="store_true", help="also start Flower on --flower_port")
     _flag(p, "flower_port", type=int, default=5555)
+    _flag(
+        p,
+        "llm_backend",
+        choices=LLM_BACKENDS,
+        default="sidecar",
+        help="the LLM nodes' backend: the sidecar's API, or its OpenAI-compatible /v1",
+    )
     _common(p)
 
 
@@ -237,6 +244,7 @@ def cmd_demo(args, settings: Settings) -> int:
         ticks_per_proposal=args.ticks_per_proposal,
         flower=args.flower,
         flower_port=args.flower_port,
+        llm_backend=args.llm_backend,
     )
     return 0 if run_demo(settings, options) > 0 else 1
 

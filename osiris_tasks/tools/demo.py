@@ -54,6 +54,8 @@ class DemoOptions:
     flower_port: int = 5555
     worker_concurrency: int = 8
     max_inflight: int = 16
+    # `openai`: the LLM nodes call the reference sidecar's OpenAI-compatible `/v1` API.
+    llm_backend: str = "sidecar"
 
 
 class Children:
@@ -153,6 +155,11 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
         console.print(f"Logs of every process: {log_dir}")
         sidecar_port = free_port()
         env = _env(settings, redis_url, f"http://127.0.0.1:{sidecar_port}", log_dir)
+        if options.llm_backend == "openai":
+            env.update(
+                OSIRIS_LLM_BACKEND="openai",
+                OSIRIS_LLM_BASE_URL=f"http://127.0.0.1:{sidecar_port}/v1",
+            )
         children = Children(env)
         stack.callback(children.stop)
         return _run(settings, options, children, env, sidecar_port, console)

@@ -112,6 +112,10 @@ class Faults:
     error_status: int = 503
     retry_after_s: float | None = None
     trickle_ms: float = 0
+    # OpenAI-compatible API only: answers cut short (`finish_reason: "length"`), and HTTP 500
+    # to `response_format` `json_schema`, as llama.cpp's server answers.
+    truncate_rate: float = 0
+    refuse_json_schema: bool = False
     # Path prefixes the faults apply to (e.g. "/score"); empty: every faulted endpoint.
     paths: tuple[str, ...] = ()
 
@@ -123,6 +127,7 @@ class Faults:
             ("error_rate", 1.0),
             ("garbage_rate", 1.0),
             ("wrong_shape_rate", 1.0),
+            ("truncate_rate", 1.0),
         ):
             value = finite_number(getattr(self, name))
             if value is None or not 0 <= value <= upper:
@@ -372,13 +377,84 @@ def _speak(server: _Server, data: dict, query: dict) -> dict[str, Any]:
     return {"status": "queued", "chars": len(text)}
 
 
+def _chat_completions(server: _Server, data: dict, query: dict) -> dict[str, Any]:
+    """OpenAI's Chat Completions, answered by the same deterministic policy: the role from the
+    system message's `osiris-role:` line, the JSON alone when `response_format` asks for it."""
+    model = data.get("model")
+    messages = data.get("messages")
+    if not isinstance(model, str) or not isinstance(messages, list) or not messages:
+        raise RequestRefused(
+            "'model' (string) and 'messages' (non-empty list) are required", status=400
+        )
+    format_type = (data.get("response_format") or {}).get("type", "text")
+    if format_type == "json_schema" and server.faults.refuse_json_schema:
+        raise RequestRefused(
+            "response_format: json_schema is not supported (stand-in fault)", status=500
+        )
+    texts = [m.get("content") for m in messages if isinstance(m, dict)]
+    role = _chat_role(str(texts[0]))
+    content = _chat_answer(role, str(texts[-1]), structured=format_type != "text")
+    finish = "stop"
+    if server.draw() < server.faults.truncate_rate:
+        content, finish = content[: len(content) // 2], "length"
+    prompt_tokens = sum(len(str(t).split()) for t in texts)
+    completion_tokens = len(content.split())
+    return {
+        "id": "chatcmpl-" + hashlib.sha1(orjson.dumps(data)).hexdigest()[:16],
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": finish,
+                "message": {"role": "assistant", "content": content},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _chat_role(system: str) -> str:
+    match = re.search(r"osiris-role: (\w+)", system)
+    return match.group(1) if match else "proposal"
+
+
+def _chat_answer(role: str, prompt: str, *, structured: bool) -> str:
+    """The policy's answer for `role`: the JSON alone when `structured`, else as prose."""
+    if role == "assessment":
+        answer = {"assessment": _assessment(_json_object(prompt))}
+    elif role == "score":
+        proposal = _json_object(prompt.removeprefix("PROPOSAL ").split("\n", 1)[0])
+        answer = {"score": _score(proposal or {})}
+    else:
+        answer = propose(prompt)
+    if structured:
+        return orjson.dumps(answer).decode()
+    return _render_output(answer)
+
+
+def _models() -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "owned_by": "osiris-reference"} for m in MODELS],
+    }
+
+
 Endpoint = Callable[["_Server", dict, dict], dict[str, Any]]
 ENDPOINTS: dict[str, Endpoint] = {
     "/generate": _generate,
     "/propose_trade_adjustments": _propose_trade_adjustments,
     "/score/hermes": _score_hermes,
     "/speak": _speak,
+    "/v1/chat/completions": _chat_completions,
 }
+# GET endpoints (no faults, no token).
+READ_ONLY = {"/v1/models": _models}
 HEALTH = {"status": "ok", "stand_in": True, "models": list(MODELS)}
 
 
@@ -423,13 +499,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str, query: dict) -> _Reply:
         body = self._read_body()
-        if path != HEALTH_PATH and path != ADMIN_FAULTS_PATH and path not in ENDPOINTS:
+        known = path in (HEALTH_PATH, ADMIN_FAULTS_PATH) or path in ENDPOINTS or path in READ_ONLY
+        if not known:
             raise RequestRefused(f"no endpoint at {path}", status=404)
-        allowed = "GET" if path == HEALTH_PATH else "POST"
+        allowed = "GET" if path == HEALTH_PATH or path in READ_ONLY else "POST"
         if method != allowed:
             raise RequestRefused(f"{path} takes {allowed}", status=405, headers={"Allow": allowed})
         if path == HEALTH_PATH:
             return _json_reply(200, HEALTH)
+        if path in READ_ONLY:
+            return _json_reply(200, READ_ONLY[path]())
         self._check_token()
         if path == ADMIN_FAULTS_PATH:
             return _json_reply(200, self.server.update_faults(_json_body(body)))
@@ -547,6 +626,11 @@ class _Server(ThreadingHTTPServer):
         if body_roll < faults.garbage_rate + faults.wrong_shape_rate:
             return _json_reply(200, WRONG_SHAPE)
         return None
+
+    def draw(self) -> float:
+        """One draw from the seeded RNG (for faults an endpoint decides itself)."""
+        with self._rng_lock:
+            return self._rng.random()
 
     def update_faults(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply a partial update of Faults fields; return the faults now in force."""

@@ -106,7 +106,9 @@ def generate_proposal(
         max_daily_loss_pct=limits.max_daily_loss_pct,
     )
     update: dict[str, Any] = {"prompt": prompt, "book_at_prompt": book}
-    body = sidecar.generate(prompt, max_length=max_length, run_id=state["run_id"])
+    body = sidecar.generate(
+        prompt, max_length=max_length, symbols=state["symbols"], run_id=state["run_id"]
+    )
     try:
         update["proposal"], update["raw_completion"] = parse_completion(body)
     except ProposalInvalid as exc:

@@ -58,7 +58,7 @@ NODES = (
         SIDECAR_QUEUE,
         True,
         lambda r, b: {
-            "sidecar": r.sidecar,
+            "sidecar": r.llm,
             "portfolio": r.portfolio,
             "limits": r.limits,
             "max_length": r.settings.max_length,
@@ -76,14 +76,14 @@ NODES = (
         nodes.evaluate_proposal,
         SIDECAR_QUEUE,
         True,
-        lambda r, b: {"sidecar": r.sidecar, "max_length": r.settings.max_length},
+        lambda r, b: {"sidecar": r.llm, "max_length": r.settings.max_length},
     ),
     NodeSpec(
         "score_proposal",
         nodes.score_proposal,
         SIDECAR_QUEUE,
         True,
-        lambda r, b: {"sidecar": r.sidecar},
+        lambda r, b: {"sidecar": r.llm},
     ),
     NodeSpec(
         "publish_events",

@@ -63,8 +63,8 @@ def test_accepted_run_on_a_real_worker(pipeline):
     assessed = listener.of(state["run_id"], "phi3.proposal.assessed")[0]
     assert assessed["proposal_transaction_id"] == row["transaction_id"]
     assert assessed["assessment_text"] == row["assessment"]
-    assert row["score"] is not None  # both chord parts reached the join...
-    # ...through the chord's own list: no task stored a result nothing reads.
+    assert row["score"] is not None  # both evaluators reached the join (in Redis)...
+    # ...and no task stored a result nothing reads.
     assert not redis.Redis.from_url(settings.result_backend).keys("celery-task-meta-*")
 
 

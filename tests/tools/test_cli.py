@@ -102,13 +102,25 @@ def _get(url):
 
 
 @pytest.mark.integration
-def test_demo_runs_to_completion_with_an_embedded_redis(settings, tmp_path):
+@pytest.mark.parametrize("llm_backend", ["sidecar", "openai"])
+def test_demo_runs_to_completion_with_an_embedded_redis(settings, tmp_path, llm_backend):
     env = settings_env(settings)
     env["OSIRIS_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing there: embedded
     env["OSIRIS_LANCEDB_URI"] = str(tmp_path / "demo_lancedb")
     env.pop("OSIRIS_SIDECAR_URL")
     proc = subprocess.run(
-        [sys.executable, "-m", "osiris_tasks.tools.cli", "demo", "--duration", "4", "--rate", "15"],
+        [
+            sys.executable,
+            "-m",
+            "osiris_tasks.tools.cli",
+            "demo",
+            "--duration",
+            "4",
+            "--rate",
+            "15",
+            "--llm_backend",
+            llm_backend,
+        ],
         cwd=tmp_path,
         env={**env, "COLUMNS": "200"},
         capture_output=True,
@@ -120,6 +132,8 @@ def test_demo_runs_to_completion_with_an_embedded_redis(settings, tmp_path):
     assert "starting an embedded one" in output
     assert "runs recorded in LanceDB at" in output
     assert "latest runs" in output
+    # The runs got through the LLM calls: no run failed before the gate.
+    assert "success" in output and "error_risk_rejected" not in output
     # It stopped everything it started: no child of the demo is left running.
     leftovers = subprocess.run(["pgrep", "-f", env["OSIRIS_LANCEDB_URI"]], capture_output=True)
     assert leftovers.stdout == b"", os.linesep.join(output.splitlines()[-20:])
