@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from osiris_tasks.adapters.sidecar import CircuitBreaker, SidecarClient
+from osiris_tasks.adapters.sidecar import CircuitBreaker, SidecarClient, record_call
 from osiris_tasks.domain.numbers import finite_number
 from osiris_tasks.domain.proposal import ASSESSMENT_SCHEMA, SCORE_SCHEMA, proposal_schema
 from osiris_tasks.errors import SidecarError, SidecarResponseError, SidecarStatusError
@@ -119,28 +120,48 @@ class ChatCompletionsBackend:
     # -- the three calls ------------------------------------------------------------------
 
     def generate(
-        self, prompt: str, *, max_length: int, symbols: Sequence[str] = (), run_id=None
+        self,
+        prompt: str,
+        *,
+        max_length: int,
+        symbols: Sequence[str] = (),
+        run_id: str | None = None,
+        calls: list[dict] | None = None,
     ) -> dict[str, Any]:
         """A proposal's completion, as the sidecar's body shape (`{"output": text}`)."""
         schema = proposal_schema(symbols) if symbols else None
-        text = self._complete("proposal", self._model, prompt, schema, run_id)
+        text = self._complete("proposal", self._model, prompt, schema, run_id, calls)
         return {"output": text}
 
     def propose_trade_adjustments(
-        self, prompt: str, *, max_length: int, run_id: str | None = None
+        self,
+        prompt: str,
+        *,
+        max_length: int,
+        run_id: str | None = None,
+        calls: list[dict] | None = None,
     ) -> dict[str, Any]:
         """Hermes' assessment of the proposal in `prompt` (its JSON)."""
-        text = self._complete("assessment", self._eval_model, prompt, ASSESSMENT_SCHEMA, run_id)
+        text = self._complete(
+            "assessment", self._eval_model, prompt, ASSESSMENT_SCHEMA, run_id, calls
+        )
         answer = _json_object(text)
         assessment = answer.get("assessment") if answer else text.strip()
         if not isinstance(assessment, str) or not assessment:
             raise SidecarResponseError(f"LLM {CHAT_PATH} answered no assessment", run_id=run_id)
         return {"hermes_assessment": assessment, "transaction_id": None}
 
-    def score(self, proposal: dict, context: str, *, run_id: str | None = None) -> float:
+    def score(
+        self,
+        proposal: dict,
+        context: str,
+        *,
+        run_id: str | None = None,
+        calls: list[dict] | None = None,
+    ) -> float:
         """Hermes' score of `proposal` in `context`, a finite number in [0, 1]."""
         prompt = f"PROPOSAL {orjson.dumps(proposal).decode()}\nCONTEXT\n{context}"
-        text = self._complete("score", self._eval_model, prompt, SCORE_SCHEMA, run_id)
+        text = self._complete("score", self._eval_model, prompt, SCORE_SCHEMA, run_id, calls)
         value = (_json_object(text) or {}).get("score")
         number = finite_number(value)
         if number is None or not 0 <= number <= 1:
@@ -159,10 +180,17 @@ class ChatCompletionsBackend:
     # -- one completion -------------------------------------------------------------------
 
     def _complete(
-        self, role: str, model: str, prompt: str, schema: Mapping | None, run_id: str | None
+        self,
+        role: str,
+        model: str,
+        prompt: str,
+        schema: Mapping | None,
+        run_id: str | None,
+        calls: list[dict] | None,
     ) -> str:
         """The assistant's text for `prompt`, asked in the first structured mode this server
-        has not refused."""
+        has not refused; the call (with the server's token usage) is appended to `calls`."""
+        started = time.perf_counter()
         for mode in self._usable_modes(schema):
             payload = self._payload(role, model, prompt, mode, schema)
             try:
@@ -183,7 +211,9 @@ class ChatCompletionsBackend:
                     )
                     continue
                 raise
-            return _assistant_text(body, run_id)
+            text = _assistant_text(body, run_id)
+            record_call(calls, role, "openai", model, started, body.get("usage"))
+            return text
         raise SidecarResponseError("LLM server refused every response_format", run_id=run_id)
 
     def _usable_modes(self, schema: Mapping | None) -> list[str]:

@@ -206,24 +206,35 @@ class SidecarClient:
         model_id: str = DEFAULT_MODEL_ID,
         symbols: Sequence[str] = (),
         run_id: str | None = None,
+        calls: list[dict] | None = None,
     ) -> Any:
         """A completion: the decoded JSON body, or the body as text if it is not JSON. The
-        sidecar's API takes no schema, so `symbols` (the ticker's choices) is not sent."""
+        sidecar's API takes no schema, so `symbols` (the ticker's choices) is not sent. The
+        call is appended to `calls` (see `record_call`)."""
         payload = {"prompt": prompt, "max_length": max_length, "model_id": model_id}
         request = _Request("POST", "/generate/", run_id, {"model_id": model_id}, payload)
+        started = time.perf_counter()
         body = self._call(request)
+        record_call(calls, "proposal", "sidecar", model_id, started)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             return body.decode("utf-8", errors="replace")
 
     def propose_trade_adjustments(
-        self, prompt: str, *, max_length: int, run_id: str | None = None
+        self,
+        prompt: str,
+        *,
+        max_length: int,
+        run_id: str | None = None,
+        calls: list[dict] | None = None,
     ) -> dict:
         """The sidecar's Hermes-assessed proposal: a dict with a string `hermes_assessment`."""
         payload = {"prompt": prompt, "max_length": max_length}
         request = _Request("POST", "/propose_trade_adjustments/", run_id, payload=payload)
+        started = time.perf_counter()
         data = self._json_object(request, self._call(request))
+        record_call(calls, "assessment", "sidecar", "hermes", started)
         transaction_id = data.get("transaction_id")
         if not isinstance(data.get("hermes_assessment"), str) or not (
             transaction_id is None or isinstance(transaction_id, str)
@@ -231,12 +242,21 @@ class SidecarClient:
             raise self._error(request, SidecarResponseError, "answered an unexpected shape")
         return data
 
-    def score(self, proposal: dict, context: str, *, run_id: str | None = None) -> float:
+    def score(
+        self,
+        proposal: dict,
+        context: str,
+        *,
+        run_id: str | None = None,
+        calls: list[dict] | None = None,
+    ) -> float:
         """Hermes' score for `proposal` in `context`, a finite float."""
         request = _Request(
             "POST", "/score/hermes/", run_id, payload={"proposal": proposal, "context": context}
         )
+        started = time.perf_counter()
         value = self._json_object(request, self._call(request)).get("score")
+        record_call(calls, "score", "sidecar", "hermes", started)
         if finite_number(value) is None:
             raise self._error(request, SidecarResponseError, "answered a score that is not finite")
         return float(value)
@@ -458,6 +478,31 @@ class SidecarClient:
         if self._token:
             message = message.replace(self._token, "***")
         return cls(message, run_id=request.run_id, **fields)
+
+
+def record_call(
+    calls: list[dict] | None,
+    role: str,
+    backend: str,
+    model: str,
+    started: float,
+    usage: dict | None = None,
+) -> None:
+    """Append an LLM call that answered to `calls` (the run's `llm_calls`): its role, backend,
+    model, tokens (None where the server does not say) and latency since `started`."""
+    if calls is None:
+        return
+    usage = usage if isinstance(usage, dict) else {}
+    calls.append(
+        {
+            "role": role,
+            "backend": backend,
+            "model": model,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+    )
 
 
 def _worth_retrying(request: _Request, exc: SidecarError) -> bool:

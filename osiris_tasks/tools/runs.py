@@ -99,6 +99,7 @@ def run_details(store: RunStore, run_id: str) -> dict[str, Any] | None:
         "score": row.get("score"),
         "events": _loads(row.get("events")),
         "timings_ms": _loads(row.get("timings_ms")),
+        "llm_calls": final.get("llm_calls") or [],
         "advice": store.get_advice(run_id),
     }
 
@@ -128,6 +129,10 @@ def training_rows(runs: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]
             "score": row.get("score"),
             "assessment": row.get("assessment"),
             "error": row.get("error_message"),
+            # Each LLM call's role, model, tokens and latency, as JSON text (one column type).
+            "llm_calls": orjson.dumps(
+                (_loads(row.get("final_output")) or {}).get("llm_calls") or []
+            ).decode(),
         }
 
 

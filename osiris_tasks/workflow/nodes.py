@@ -105,9 +105,14 @@ def generate_proposal(
         max_position_size_pct=limits.max_position_size_pct,
         max_daily_loss_pct=limits.max_daily_loss_pct,
     )
-    update: dict[str, Any] = {"prompt": prompt, "book_at_prompt": book}
+    calls: list[dict] = []
+    update: dict[str, Any] = {"prompt": prompt, "book_at_prompt": book, "llm_calls": calls}
     body = sidecar.generate(
-        prompt, max_length=max_length, symbols=state["symbols"], run_id=state["run_id"]
+        prompt,
+        max_length=max_length,
+        symbols=state["symbols"],
+        run_id=state["run_id"],
+        calls=calls,
     )
     try:
         update["proposal"], update["raw_completion"] = parse_completion(body)
@@ -165,24 +170,27 @@ def risk_management(
 
 def evaluate_proposal(state: State, *, sidecar: SidecarClient, max_length: int) -> dict:
     """Hermes assessment of the accepted proposal."""
+    calls: list[dict] = []
     body = sidecar.propose_trade_adjustments(
-        _json(state["proposal"]), max_length=max_length, run_id=state["run_id"]
+        _json(state["proposal"]), max_length=max_length, run_id=state["run_id"], calls=calls
     )
     return {
+        "llm_calls": calls,
         "assessment": {
             "transaction_id": body.get("transaction_id") or f"tx_{state['run_id']}",
             "phi3_proposal": body.get("phi3_proposal"),
             "hermes_assessment": body["hermes_assessment"],
-        }
+        },
     }
 
 
 def score_proposal(state: State, *, sidecar: SidecarClient) -> dict[str, Any]:
     """Hermes score of the accepted proposal, in the context of the market summary."""
+    calls: list[dict] = []
     score = sidecar.score(
-        dict(state["proposal"]), state.get("market_text", ""), run_id=state["run_id"]
+        dict(state["proposal"]), state.get("market_text", ""), run_id=state["run_id"], calls=calls
     )
-    return {"score": score}
+    return {"score": score, "llm_calls": calls}
 
 
 def advice_event(state: State, status: str) -> dict[str, Any]:

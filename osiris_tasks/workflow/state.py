@@ -57,6 +57,9 @@ class RunState(TypedDict, total=False):
     events: list[dict]  # [{"channel", "event_id"}] published for this run
     recorded: bool
     errors: Annotated[list[dict], operator.add]  # [{"node", "type", "message"}]
+    # One entry per LLM call that answered: role, backend, model, prompt_tokens,
+    # completion_tokens (None where the backend does not say), latency_ms.
+    llm_calls: Annotated[list[dict], operator.add]
     timings_ms: Annotated[dict[str, float], merge_dicts]
 
 
@@ -97,7 +100,7 @@ def apply_updates(state: Mapping[str, Any], updates: Iterable[tuple[str, Mapping
 
 
 def _empty(key: str) -> Any:
-    return [] if key == "errors" else {}
+    return [] if REDUCERS[key] is operator.add else {}
 
 
 # The risk gate's rule for a run it rejected because a node before it failed.
@@ -127,8 +130,14 @@ VOLATILE_KEYS = frozenset({"timings_ms"})
 
 
 def comparable(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The state without what differs between executions (timings), for parity checks."""
-    return {k: v for k, v in state.items() if k not in VOLATILE_KEYS}
+    """The state without what differs between executions (timings, LLM call latencies), for
+    parity checks."""
+    same = {k: v for k, v in state.items() if k not in VOLATILE_KEYS}
+    if "llm_calls" in same:
+        same["llm_calls"] = [
+            {k: v for k, v in call.items() if k != "latency_ms"} for call in same["llm_calls"]
+        ]
+    return same
 
 
 def initial_state(

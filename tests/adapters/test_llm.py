@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 import pytest
 from conftest import wait_for
 from pipeline_helpers import ACCEPTED_BATCH
@@ -139,6 +140,14 @@ def test_a_run_through_the_openai_backend_is_recorded(settings, sidecar_url, sid
     assert final["status"] == RunStatus.SUCCESS, final.get("errors")
     row = RunStore(settings.lancedb_uri).get_run(final["run_id"])
     assert row["status"] == RunStatus.SUCCESS and row["raw_completion"].startswith("{")
+    calls = orjson.loads(row["final_output"])["llm_calls"]
+    assert [(c["role"], c["backend"], c["model"]) for c in calls] == [
+        ("proposal", "openai", "phi3"),
+        ("assessment", "openai", "phi3"),
+        ("score", "openai", "phi3"),
+    ]
+    assert all(c["prompt_tokens"] > 0 and c["completion_tokens"] > 0 for c in calls)
+    assert all(c["latency_ms"] >= 0 for c in calls)
     assert chat_requests(sidecar_server) - before == 3
 
 

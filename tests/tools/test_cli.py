@@ -47,6 +47,12 @@ def test_runs_list_show_export(recorded_runs, capsys, tmp_path, monkeypatch):
     assert head["status"] == "success" and head["verdict"]["accepted"] is True
     assert set(head["timings_ms"]) >= {"query_market", "publish_events"}
     assert head["ticks_summary"]["AAPL"]["ticks"] == 10
+    # the sidecar's API reports no tokens: the calls are there, their tokens None
+    assert [(c["role"], c["backend"], c["prompt_tokens"]) for c in head["llm_calls"]] == [
+        ("proposal", "sidecar", None),
+        ("assessment", "sidecar", None),
+        ("score", "sidecar", None),
+    ]
     assert "PORTFOLIO nav=" in shown and "--- raw completion ---" in shown
 
     assert main(["runs", "show", "run_missing", *uri]) == 1
@@ -57,6 +63,7 @@ def test_runs_list_show_export(recorded_runs, capsys, tmp_path, monkeypatch):
     rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert {r["run_id"] for r in rows} == {f["run_id"] for f in finals}
     assert all(r["prompt"] and r["completion"] for r in rows)
+    assert all(orjson.loads(r["llm_calls"])[0]["role"] == "proposal" for r in rows)
     parquet = tmp_path / "runs.parquet"
     assert main(["runs", "export", "--format", "parquet", "--output", str(parquet), *uri]) == 0
     assert pq.read_table(parquet).num_rows == 2
