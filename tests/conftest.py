@@ -28,7 +28,7 @@ WORKER_READY_TIMEOUT_S = 60.0
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _missing(what: str) -> None:
+def missing_dependency(what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is required in CI and is missing")
     pytest.skip(f"{what} not available")
@@ -43,7 +43,7 @@ def redis_server() -> Iterator[str]:
     elif redis_reachable(LOCAL_REDIS_URL):
         yield LOCAL_REDIS_URL
     else:
-        _missing("a Redis server (redis-server binary or 127.0.0.1:6379)")
+        missing_dependency("a Redis server (redis-server binary or 127.0.0.1:6379)")
 
 
 @pytest.fixture
