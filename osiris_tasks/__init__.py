@@ -69,6 +69,7 @@ _EXPORTS = {
     "MaintenanceProcessDied": "errors",
     "EventError": "errors",
     "JoinError": "errors",
+    "LLMBudgetExceeded": "errors",
     "BridgeError": "errors",
     "RequestRefused": "errors",
 }

@@ -12,6 +12,7 @@ library, and re-raised ``from`` the original. A risk rejection is a decision, no
     │   ├── SidecarTimeout       connect or read timeout
     │   ├── SidecarStatusError   non-2xx answer (carries status, retry_after_s)
     │   └── SidecarResponseError 2xx answer whose body is not what the API promises
+    ├── LLMBudgetExceeded        the run's LLM token budget or deadline is spent: not asked
     ├── StoreError               LanceDB could not read or write
     ├── MaintenanceProcessDied   the store's maintenance process died mid-call (retried)
     ├── EventError               Redis Pub/Sub publish failed
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "EventError",
     "JoinError",
+    "LLMBudgetExceeded",
     "MaintenanceProcessDied",
     "OsirisError",
     "ProposalInvalid",
@@ -109,6 +111,10 @@ class SidecarStatusError(SidecarError):
 
 class SidecarResponseError(SidecarError):
     """The sidecar answered 2xx with a body that is not what its API promises."""
+
+
+class LLMBudgetExceeded(OsirisError):
+    """The run's LLM token budget or deadline is spent: the LLM was not asked."""
 
 
 class StoreError(OsirisError):

@@ -90,6 +90,8 @@ class Settings:
     llm_temperature: float = DEFAULT_LLM_TEMPERATURE
     llm_seed: int | None = None
     llm_max_tokens: int = DEFAULT_LLM_MAX_TOKENS
+    llm_max_tokens_per_run: int | None = None  # None: no token budget per run
+    llm_deadline_s: float | None = None  # None: no deadline for a run's LLM calls
     join_deadline_s: float | None = None  # None: derived (see `run_join_deadline_s`)
     tts_enabled: bool = False
     tts_ack_timeout_s: float = DEFAULT_TTS_ACK_TIMEOUT_S
@@ -146,6 +148,8 @@ class Settings:
             llm_temperature=_float(env, "OSIRIS_LLM_TEMPERATURE", DEFAULT_LLM_TEMPERATURE),
             llm_seed=_optional_int(env, "OSIRIS_LLM_SEED"),
             llm_max_tokens=_int(env, "OSIRIS_LLM_MAX_TOKENS", DEFAULT_LLM_MAX_TOKENS),
+            llm_max_tokens_per_run=_optional_int(env, "OSIRIS_LLM_MAX_TOKENS_PER_RUN"),
+            llm_deadline_s=_float(env, "OSIRIS_LLM_DEADLINE_S", None),
             tts_enabled=_bool(env, "OSIRIS_TTS_ENABLED"),
             max_position_size_pct=_float(
                 env, "OSIRIS_MAX_POSITION_SIZE_PCT", RISK_GATE_CONFIG["max_position_size_pct"]
@@ -184,6 +188,10 @@ class Settings:
             )
         if self.llm_max_tokens < 1:
             raise ConfigError("OSIRIS_LLM_MAX_TOKENS must be at least 1")
+        if self.llm_max_tokens_per_run is not None and self.llm_max_tokens_per_run < 1:
+            raise ConfigError("OSIRIS_LLM_MAX_TOKENS_PER_RUN must be at least 1 (or unset)")
+        if self.llm_deadline_s is not None and self.llm_deadline_s <= 0:
+            raise ConfigError("OSIRIS_LLM_DEADLINE_S must be positive (or unset)")
         if self.join_deadline_s is not None and self.join_deadline_s <= 0:
             raise ConfigError("OSIRIS_JOIN_DEADLINE_S must be positive (or unset)")
         if self.sidecar_retry_budget_s >= self.visibility_timeout_s:

@@ -62,6 +62,7 @@ PUBLIC = {
     "MaintenanceProcessDied",
     "EventError",
     "JoinError",
+    "LLMBudgetExceeded",
     "BridgeError",
     "RequestRefused",
 }

@@ -19,6 +19,7 @@ from osiris_tasks.adapters.llm import ChatCompletionsBackend
 from osiris_tasks.adapters.portfolio import Portfolio
 from osiris_tasks.adapters.sidecar import SidecarClient
 from osiris_tasks.adapters.tickstash import TickStash
+from osiris_tasks.domain.budget import LLMBudget
 from osiris_tasks.domain.risk import RiskLimits
 from osiris_tasks.settings import Settings
 from osiris_tasks.store.claims import DEFAULT_SEEN_TTL_S
@@ -63,6 +64,11 @@ class Resources:
     llm: SidecarClient | ChatCompletionsBackend
     _store: RunStore | None = field(default=None, repr=False)
     _store_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def llm_budget(self) -> LLMBudget:
+        """Each run's LLM budget, from settings."""
+        return LLMBudget(self.settings.llm_max_tokens_per_run, self.settings.llm_deadline_s)
 
     @property
     def store(self) -> RunStore:

@@ -9,11 +9,13 @@ error outcomes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from osiris_tasks.domain.budget import LLMBudget
 from osiris_tasks.domain.ids import utc_iso
 from osiris_tasks.domain.market import summarize, summary_text
 from osiris_tasks.domain.proposal import build_prompt, parse_completion
@@ -44,6 +46,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+NO_BUDGET = LLMBudget()
 
 State = Mapping[str, Any]
 # State keys with a column of their own in `orchestrator_runs`, left out of `final_output`
@@ -92,10 +96,12 @@ def generate_proposal(
     portfolio: Portfolio,
     limits: RiskLimits,
     max_length: int,
+    budget: LLMBudget = NO_BUDGET,
 ) -> dict[str, Any]:
     """Ask the sidecar for a proposal and parse it; an unusable completion is kept raw."""
     if state.get("errors") or state.get("expired"):
         return {}
+    budget.check(state, now_s=time.time(), node="generate_proposal")
     book = portfolio.snapshot(state["run_id"])
     prompt = build_prompt(
         state["market_text"],
@@ -168,8 +174,11 @@ def risk_management(
     return {"verdict": verdict.as_dict(), "book": book}
 
 
-def evaluate_proposal(state: State, *, sidecar: SidecarClient, max_length: int) -> dict:
+def evaluate_proposal(
+    state: State, *, sidecar: SidecarClient, max_length: int, budget: LLMBudget = NO_BUDGET
+) -> dict:
     """Hermes assessment of the accepted proposal."""
+    budget.check(state, now_s=time.time(), node="evaluate_proposal")
     calls: list[dict] = []
     body = sidecar.propose_trade_adjustments(
         _json(state["proposal"]), max_length=max_length, run_id=state["run_id"], calls=calls
@@ -184,8 +193,11 @@ def evaluate_proposal(state: State, *, sidecar: SidecarClient, max_length: int) 
     }
 
 
-def score_proposal(state: State, *, sidecar: SidecarClient) -> dict[str, Any]:
+def score_proposal(
+    state: State, *, sidecar: SidecarClient, budget: LLMBudget = NO_BUDGET
+) -> dict[str, Any]:
     """Hermes score of the accepted proposal, in the context of the market summary."""
+    budget.check(state, now_s=time.time(), node="score_proposal")
     calls: list[dict] = []
     score = sidecar.score(
         dict(state["proposal"]), state.get("market_text", ""), run_id=state["run_id"], calls=calls

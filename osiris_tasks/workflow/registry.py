@@ -59,6 +59,7 @@ NODES = (
         True,
         lambda r, b: {
             "sidecar": r.llm,
+            "budget": r.llm_budget,
             "portfolio": r.portfolio,
             "limits": r.limits,
             "max_length": r.settings.max_length,
@@ -76,14 +77,18 @@ NODES = (
         nodes.evaluate_proposal,
         SIDECAR_QUEUE,
         True,
-        lambda r, b: {"sidecar": r.llm, "max_length": r.settings.max_length},
+        lambda r, b: {
+            "sidecar": r.llm,
+            "max_length": r.settings.max_length,
+            "budget": r.llm_budget,
+        },
     ),
     NodeSpec(
         "score_proposal",
         nodes.score_proposal,
         SIDECAR_QUEUE,
         True,
-        lambda r, b: {"sidecar": r.llm},
+        lambda r, b: {"sidecar": r.llm, "budget": r.llm_budget},
     ),
     NodeSpec(
         "publish_events",

@@ -4,6 +4,7 @@ sidecar's `/v1` API): structured output and its fallback, and every answer that 
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 import pytest
@@ -176,3 +177,39 @@ def test_a_run_through_the_openai_backend_on_a_real_worker(
     assert chat_requests(sidecar_server) - before >= 4
     assert "refused response_format json_schema" in "".join(worker.output)
     assert KEY not in "".join(worker.output)
+
+
+def test_a_run_over_its_llm_budget_stops_asking_and_says_so(settings, sidecar_url, sidecar_server):
+    """The proposal's call spends the whole token budget: the evaluators are not asked, each
+    records `LLMBudgetExceeded`; a run past its LLM deadline is not asked at all and is
+    rejected before the gate (fail closed)."""
+    ChatCompletionsBackend._refused.clear()
+    openai = settings.with_(
+        llm_backend="openai", llm_base_url=f"{sidecar_url}/v1", llm_max_tokens_per_run=10
+    )
+    res, before = Resources.from_settings(openai), chat_requests(sidecar_server)
+    try:
+        final = InProcessRunner(res).run(initial_state(ACCEPTED_BATCH))
+    finally:
+        res.close()
+    assert chat_requests(sidecar_server) - before == 1
+    assert final["status"] == RunStatus.PARTIAL
+    assert {(e["node"], e["type"]) for e in final["errors"]} == {
+        ("evaluate_proposal", "LLMBudgetExceeded"),
+        ("score_proposal", "LLMBudgetExceeded"),
+    }
+    assert "OSIRIS_LLM_MAX_TOKENS_PER_RUN" in final["errors"][0]["message"]
+
+    late = settings.with_(
+        llm_backend="openai", llm_base_url=f"{sidecar_url}/v1", llm_deadline_s=5.0
+    )
+    res, before = Resources.from_settings(late), chat_requests(sidecar_server)
+    try:
+        state = initial_state(ACCEPTED_BATCH, created_at=time.time() - 60)
+        final = InProcessRunner(res).run(state)
+    finally:
+        res.close()
+    assert chat_requests(sidecar_server) == before
+    assert final["status"] == RunStatus.ERROR_RISK_REJECTED
+    assert final["errors"][0]["type"] == "LLMBudgetExceeded"
+    assert "OSIRIS_LLM_DEADLINE_S" in final["errors"][0]["message"]
