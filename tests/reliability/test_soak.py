@@ -138,7 +138,6 @@ def test_soak_kills_and_a_redis_restart_lose_no_run(
         assert not _problems(workers + killed), "".join(_problems(workers + killed)[:20])
         assert all(w.proc.poll() is None for w in workers), "a worker exited unbidden"
         wait_recorded(store, submitted, SETTLE_S, *workers)
-        wait_for(lambda: bridge.counters["inflight"] == 0, timeout_s=30)  # every advice event
         assert_each_recorded_once(store, submitted)
         rows = [store.get_run(run_id) for run_id in sorted(submitted)]
         _assert_statuses_say_where(rows)
@@ -164,6 +163,9 @@ def test_soak_kills_and_a_redis_restart_lose_no_run(
             workers_killed=len(killed),
             redis_restarts=1,
             advice_events=markers,
+            # Pub/Sub drops what a subscriber misses while it reconnects: the bridge's inflight
+            # entries of those runs wait for their timeout (durable events: issue 24).
+            bridge_inflight_left=bridge.counters["inflight"],
             **statuses,
         )
     finally:
