@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from osiris_tasks.settings import Settings
+from osiris_tasks.settings import DEFAULT_LLM_CACHE, Settings
 from osiris_tasks.tools.embedded_redis import EmbeddedRedis, free_port
 from osiris_tasks.tools.processes import terminate
 from osiris_tasks.tools.reference_sidecar import Faults, make_server
@@ -174,6 +174,9 @@ def bench_settings(redis_url: str, sidecar_url: str, lancedb_uri: str) -> Settin
         lancedb_uri=lancedb_uri,
         visibility_timeout_s=120,
         sidecar_retry_budget_s=20.0,
+        # The completion cache's mode from this process's environment, so one suite can be run
+        # with `OSIRIS_LLM_CACHE=off` against the default for an A/B of its cost.
+        llm_cache=os.environ.get("OSIRIS_LLM_CACHE") or DEFAULT_LLM_CACHE,
     )
 
 
@@ -210,6 +213,7 @@ def process_env(settings: Settings) -> dict[str, str]:
             "OSIRIS_VISIBILITY_TIMEOUT_S": str(settings.visibility_timeout_s),
             "OSIRIS_SIDECAR_RETRY_BUDGET_S": str(settings.sidecar_retry_budget_s),
             "OSIRIS_TICKS_BY_REFERENCE_MIN": str(settings.ticks_by_reference_min),
+            "OSIRIS_LLM_CACHE": settings.llm_cache,
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -16,6 +16,7 @@ import redis
 
 from . import (
     bridge_bench,
+    cache_bench,
     celery_bench,
     hotpaths_bench,
     latency_bench,
@@ -26,7 +27,7 @@ from . import (
 from .env import embedded_redis, sidecar_process
 from .report import Report
 
-BENCHMARKS = ("store", "runner", "celery", "sidecar", "bridge", "latency", "hotpaths")
+BENCHMARKS = ("store", "runner", "celery", "sidecar", "bridge", "latency", "hotpaths", "cache")
 # Sizes per mode: quick finishes in about five minutes on two cores.
 SIZES = {
     True: {
@@ -34,18 +35,22 @@ SIZES = {
         "runs": 30,
         "burst": 40,
         "slots": (1, 8, 32),
+        "backends": sidecar_bench.QUICK_BACKENDS,
         "bridge": bridge_bench.QUICK,
         "latency": latency_bench.QUICK,
         "hotpaths": {"messages": 300, "runs": 128, "tick_count": 30_000},
+        "cache": cache_bench.QUICK_ROWS,
     },
     False: {
         "store": store_bench.FULL,
         "runs": 200,
         "burst": 300,
         "slots": (1, 8, 32, 64),
+        "backends": sidecar_bench.FULL_BACKENDS,
         "bridge": bridge_bench.FULL,
         "latency": latency_bench.FULL,
         "hotpaths": {"messages": 1000, "runs": 512, "tick_count": 100_000},
+        "cache": cache_bench.FULL_ROWS,
     },
 }
 
@@ -70,7 +75,12 @@ def run_suite(report: Report, only: tuple[str, ...]) -> None:
                     report, runs=sizes["burst"], redis_url=redis_url, baseline=baseline
                 )
             elif name == "sidecar":
-                sidecar_bench.run(report, slot_counts=sizes["slots"], redis_url=redis_url)
+                sidecar_bench.run(
+                    report,
+                    slot_counts=sizes["slots"],
+                    backend_sizes=sizes["backends"],
+                    redis_url=redis_url,
+                )
             elif name == "bridge":
                 bridge_bench.run(report, sizes=sizes["bridge"], redis_url=redis_url)
             elif name == "latency":
@@ -79,6 +89,8 @@ def run_suite(report: Report, only: tuple[str, ...]) -> None:
                 )
             elif name == "hotpaths":
                 hotpaths_bench.run(report, **sizes["hotpaths"], redis_url=redis_url)
+            elif name == "cache":
+                cache_bench.run(report, rows=sizes["cache"])
             report.note(f"{name}: {time.perf_counter() - started:.0f} s")
         client.close()
 

@@ -32,6 +32,16 @@ Each rate is the median of `ROUNDS` rounds of `CALLS_PER_SLOT` calls per slot (a
 ideal rate), the workers started once: resuming a paused pool costs a fixed ~0.1 s ramp before
 every slot is busy, which a 1 s window (10 calls per slot) counted as a tenth of the figure and a
 sustained stream of calls never pays; and single rounds on this shared machine vary by ~10 %.
+
+The LLM backends, first, at BACKEND_SLOTS slots against the same sidecar: the `openai` backend
+(`ChatCompletionsBackend.score`, POST /v1/chat/completions, with its `response_format` schema)
+against the `sidecar` one (`SidecarClient.score`, POST /score/hermes/), both built from the same
+settings (timeouts, retry budget, breaker), a ThreadPoolExecutor of BACKEND_SLOTS threads each.
+The two alternate round by round (sidecar, openai, sidecar, ...) and each figure is the median
+of its rounds; their ratios are the medians of the per-round ratios (a round's neighbour saw the
+same machine), for calls/s (the target: >= BACKEND_TARGET) and for the client's CPU per call:
+this process's CPU time (`time.process_time`, every thread) over the round's calls. The
+sidecar process's own CPU per call rides along as a parameter.
 """
 
 from __future__ import annotations
@@ -42,12 +52,16 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis
 
 from osiris_tasks import app, configure
+from osiris_tasks.adapters.llm import ChatCompletionsBackend
 from osiris_tasks.adapters.sidecar import SidecarClient
 from osiris_tasks.keys import DEFAULT_QUEUE, SIDECAR_QUEUE
+from osiris_tasks.settings import Settings
 from osiris_tasks.transport import results
 
 from . import floor_app
@@ -79,6 +93,28 @@ PROPOSAL = {
     "rationale": "benchmark",
 }
 CONTEXT = "AAPL first=189.00 last=190.00 ret_pct=+0.53 vol_pct=0.20"
+# The LLM backends' comparison: slots, and the issue's target for openai / sidecar calls/s.
+BACKEND_SLOTS = 64
+BACKEND_TARGET = 0.9
+# The model the openai backend names (the reference sidecar answers any).
+REFERENCE_MODEL = "reference"
+# The two backends, in the order their rounds alternate.
+BACKEND_LABELS = (
+    "sidecar: SidecarClient.score (POST /score/hermes/)",
+    "openai: ChatCompletionsBackend.score (POST /v1/chat/completions)",
+)
+
+
+@dataclass(frozen=True)
+class BackendSizes:
+    """How much the LLM backends' comparison measures."""
+
+    rounds: int  # rounds per backend, the two alternating
+    calls_per_slot: int  # calls per slot in a round
+
+
+QUICK_BACKENDS = BackendSizes(rounds=5, calls_per_slot=10)
+FULL_BACKENDS = BackendSizes(rounds=7, calls_per_slot=30)
 
 
 def layouts(slots: int) -> dict[str, list[tuple[str, ...]]]:
@@ -161,7 +197,12 @@ def _celery(
 
 
 def run(
-    report: Report, *, slot_counts: tuple[int, ...], redis_url: str, timeout_s: float = 300.0
+    report: Report,
+    *,
+    slot_counts: tuple[int, ...],
+    backend_sizes: BackendSizes,
+    redis_url: str,
+    timeout_s: float = 300.0,
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     with (
@@ -169,6 +210,8 @@ def run(
         tempfile.TemporaryDirectory(prefix="osiris-bench-sidecar-") as workdir,
     ):
         settings = bench_settings(redis_url, url, workdir)
+        # First, while this process runs nothing else: its CPU time is the clients' alone.
+        _backends(report, settings, url.pid, backend_sizes)
         configure(app, settings)
         pids = {"sidecar": url.pid, "redis": redis_pid(redis_url)}
         for slots in slot_counts:
@@ -219,6 +262,114 @@ def run(
                     target=target,
                 )
     client.close()
+
+
+class _Round(NamedTuple):
+    """One backend's round: calls/s, client CPU ms per call, the sidecar process's CPU s."""
+
+    calls_per_s: float
+    client_ms: float
+    server_s: float
+
+
+def _backends(report: Report, settings: Settings, sidecar_pid: int, sizes: BackendSizes) -> None:
+    """The `openai` LLM backend against the `sidecar` one: calls/s and client CPU per call at
+    BACKEND_SLOTS slots, rounds alternating, ratios the medians of the per-round ratios."""
+    openai = settings.with_(
+        llm_backend="openai", llm_base_url=f"{settings.sidecar_url}/v1", llm_model=REFERENCE_MODEL
+    )
+    backends = {
+        "sidecar": SidecarClient.from_settings(settings),
+        "openai": ChatCompletionsBackend.from_settings(openai),
+    }
+    calls = BACKEND_SLOTS * sizes.calls_per_slot
+    rounds: dict[str, list[_Round]] = {name: [] for name in backends}
+    with ThreadPoolExecutor(BACKEND_SLOTS) as pool:
+        for backend in backends.values():  # connect every slot
+            _scores(pool, backend, BACKEND_SLOTS)
+        for _ in range(sizes.rounds):
+            for name, backend in backends.items():
+                server_before = cpu_s(sidecar_pid)
+                wall_s, client_s = _scores(pool, backend, calls)
+                server_s = cpu_s(sidecar_pid) - server_before
+                rounds[name].append(_Round(calls / wall_s, client_s * 1000 / calls, server_s))
+    for backend in backends.values():
+        backend.close()
+    _backend_figures(report, rounds["sidecar"], rounds["openai"], calls)
+
+
+def _scores(pool: ThreadPoolExecutor, backend, calls: int) -> tuple[float, float]:
+    """Wall seconds, and this process's CPU seconds (every thread), for `calls` score calls
+    made by `pool`'s threads through `backend`."""
+    cpu_started, started = time.process_time(), time.perf_counter()
+    list(pool.map(lambda _: backend.score(PROPOSAL, CONTEXT), range(calls)))
+    return time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def _backend_figures(
+    report: Report, sidecar: list[_Round], openai: list[_Round], calls: int
+) -> None:
+    """Calls/s and client CPU per call of each backend, each with openai / sidecar."""
+    ideal = {"ideal_calls_per_s": BACKEND_SLOTS / (LATENCY_MS / 1000)}
+    _compare(
+        report,
+        "calls/s",
+        "calls/s",
+        ([r.calls_per_s for r in sidecar], [r.calls_per_s for r in openai]),
+        calls,
+        (ideal, ideal),
+        target=BACKEND_TARGET,
+    )
+    _compare(
+        report,
+        "client CPU per call",
+        "ms",
+        ([r.client_ms for r in sidecar], [r.client_ms for r in openai]),
+        calls,
+        (_server_ms(sidecar, calls), _server_ms(openai, calls)),
+    )
+
+
+def _server_ms(rounds: list[_Round], calls: int) -> dict[str, float]:
+    """The sidecar process's CPU per call over a backend's rounds of `calls` calls."""
+    server_ms = sum(r.server_s for r in rounds) * 1000 / (calls * len(rounds))
+    return {"sidecar_process_cpu_ms_per_call": round(server_ms, 3)}
+
+
+def _compare(
+    report: Report,
+    what: str,
+    unit: str,
+    values: tuple[list[float], list[float]],
+    calls: int,
+    params: tuple[dict, dict],
+    *,
+    target: float | None = None,
+) -> None:
+    """`what` per round of the sidecar and the openai backend: each one's median (openai's
+    against the sidecar's), and openai / sidecar as the median of the per-round ratios."""
+    base = None
+    for label, found, extra in zip(BACKEND_LABELS, values, params, strict=True):
+        base = report.add(
+            NAME,
+            f"LLM backend {label}, {BACKEND_SLOTS} threads: {what}",
+            statistics.median(found),
+            unit,
+            baseline=base,
+            calls=calls,
+            rounds=[round(v, 3) for v in found],
+            **extra,
+        )
+    per_round = [o / s for s, o in zip(*values, strict=True)]
+    ratio = statistics.median(per_round)
+    report.add(
+        NAME,
+        f"LLM backends, {BACKEND_SLOTS} threads: {what}, openai / sidecar, median per-round ratio",
+        round(ratio, 3),
+        "x",
+        per_round=[round(r, 3) for r in per_round],
+        **({} if target is None else {"target": target, "meets_target": ratio >= target}),
+    )
 
 
 def _target(slots: int, ideal: Figure, threads: Figure) -> float | None:

@@ -70,6 +70,7 @@ _EXPORTS = {
     "EventError": "errors",
     "JoinError": "errors",
     "LLMBudgetExceeded": "errors",
+    "LLMCacheMiss": "errors",
     "BridgeError": "errors",
     "RequestRefused": "errors",
 }

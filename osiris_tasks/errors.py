@@ -13,6 +13,7 @@ library, and re-raised ``from`` the original. A risk rejection is a decision, no
     │   ├── SidecarStatusError   non-2xx answer (carries status, retry_after_s)
     │   └── SidecarResponseError 2xx answer whose body is not what the API promises
     ├── LLMBudgetExceeded        the run's LLM token budget or deadline is spent: not asked
+    ├── LLMCacheMiss             OSIRIS_LLM_CACHE=read and the request is not in the cache
     ├── StoreError               LanceDB could not read or write
     ├── MaintenanceProcessDied   the store's maintenance process died mid-call (retried)
     ├── EventError               Redis Pub/Sub publish failed
@@ -29,6 +30,7 @@ __all__ = [
     "EventError",
     "JoinError",
     "LLMBudgetExceeded",
+    "LLMCacheMiss",
     "MaintenanceProcessDied",
     "OsirisError",
     "ProposalInvalid",
@@ -115,6 +117,11 @@ class SidecarResponseError(SidecarError):
 
 class LLMBudgetExceeded(OsirisError):
     """The run's LLM token budget or deadline is spent: the LLM was not asked."""
+
+
+class LLMCacheMiss(OsirisError):
+    """`OSIRIS_LLM_CACHE=read` (replay only) and the request is not in the completion cache:
+    the LLM was not asked."""
 
 
 class StoreError(OsirisError):

@@ -57,6 +57,14 @@ LLM_STRUCTURED_MODES = ("json_schema", "json_object", "none")
 DEFAULT_LLM_STRUCTURED = "json_schema"
 DEFAULT_LLM_TEMPERATURE = 0.0
 DEFAULT_LLM_MAX_TOKENS = 512
+# The completion cache (LanceDB `completions`): `write` keeps every completion so a run can be
+# replayed later; `read` answers from the cache only (a miss is an error, never a live call:
+# backtests); `readwrite` answers from the cache, asks the server on a miss and keeps the
+# answer; `off` neither.
+LLM_CACHE_MODES = ("off", "write", "read", "readwrite")
+DEFAULT_LLM_CACHE = "write"
+# Cached completions a reading process holds in memory (the lookups' fast path).
+DEFAULT_LLM_CACHE_MEMORY_ROWS = 100_000
 # How the TTS task waits for `tts.acknowledged.<tx>` before giving up.
 DEFAULT_TTS_ACK_TIMEOUT_S = 30.0
 
@@ -92,6 +100,8 @@ class Settings:
     llm_max_tokens: int = DEFAULT_LLM_MAX_TOKENS
     llm_max_tokens_per_run: int | None = None  # None: no token budget per run
     llm_deadline_s: float | None = None  # None: no deadline for a run's LLM calls
+    llm_cache: str = DEFAULT_LLM_CACHE
+    llm_cache_memory_rows: int = DEFAULT_LLM_CACHE_MEMORY_ROWS
     join_deadline_s: float | None = None  # None: derived (see `run_join_deadline_s`)
     tts_enabled: bool = False
     tts_ack_timeout_s: float = DEFAULT_TTS_ACK_TIMEOUT_S
@@ -150,6 +160,10 @@ class Settings:
             llm_max_tokens=_int(env, "OSIRIS_LLM_MAX_TOKENS", DEFAULT_LLM_MAX_TOKENS),
             llm_max_tokens_per_run=_optional_int(env, "OSIRIS_LLM_MAX_TOKENS_PER_RUN"),
             llm_deadline_s=_float(env, "OSIRIS_LLM_DEADLINE_S", None),
+            llm_cache=env.get("OSIRIS_LLM_CACHE") or DEFAULT_LLM_CACHE,
+            llm_cache_memory_rows=_int(
+                env, "OSIRIS_LLM_CACHE_MEMORY_ROWS", DEFAULT_LLM_CACHE_MEMORY_ROWS
+            ),
             tts_enabled=_bool(env, "OSIRIS_TTS_ENABLED"),
             max_position_size_pct=_float(
                 env, "OSIRIS_MAX_POSITION_SIZE_PCT", RISK_GATE_CONFIG["max_position_size_pct"]
@@ -186,6 +200,10 @@ class Settings:
             raise ConfigError(
                 f"OSIRIS_LLM_STRUCTURED must be one of {', '.join(LLM_STRUCTURED_MODES)}"
             )
+        if self.llm_cache not in LLM_CACHE_MODES:
+            raise ConfigError(f"OSIRIS_LLM_CACHE must be one of {', '.join(LLM_CACHE_MODES)}")
+        if self.llm_cache_memory_rows < 0:
+            raise ConfigError("OSIRIS_LLM_CACHE_MEMORY_ROWS must be 0 or more")
         if self.llm_max_tokens < 1:
             raise ConfigError("OSIRIS_LLM_MAX_TOKENS must be at least 1")
         if self.llm_max_tokens_per_run is not None and self.llm_max_tokens_per_run < 1:

@@ -172,3 +172,30 @@ def test_one_task_per_run_design_runs_the_whole_graph_in_one_task(redis_url, tmp
         and run["assessment"]
         for run in runs
     )
+
+
+def test_cache_benchmark_at_tiny_sizes_answers_every_lookup():
+    from benchmarks import cache_bench
+
+    report = Report(quick=True)
+    cache_bench.run(report, rows=cache_bench.TINY_ROWS)
+    figures = {f.name: f for f in report.figures}
+    rows = cache_bench.TINY_ROWS
+    hit = figures[f"cache lookup (hit) at {rows} rows, p50"]
+    assert hit.baseline == f"LanceDB point query (get_completion) at {rows} rows, p50"
+    assert figures[f"cache's in-memory copy loaded, {rows} rows"].value > 0
+
+
+def test_llm_backends_benchmark_compares_openai_with_sidecar(redis_url, tmp_path):
+    from benchmarks import sidecar_bench
+    from benchmarks.env import bench_settings, sidecar_process
+
+    report = Report(quick=True)
+    with sidecar_process(latency_ms=0) as url:
+        settings = bench_settings(redis_url, url, str(tmp_path))
+        sidecar_bench._backends(
+            report, settings, url.pid, sidecar_bench.BackendSizes(rounds=1, calls_per_slot=1)
+        )
+    units = sorted((f.name, f.unit) for f in report.figures)
+    assert len(units) == 6 and {unit for _, unit in units} >= {"calls/s"}
+    assert all(f.value > 0 for f in report.figures)

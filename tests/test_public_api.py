@@ -63,6 +63,7 @@ PUBLIC = {
     "EventError",
     "JoinError",
     "LLMBudgetExceeded",
+    "LLMCacheMiss",
     "BridgeError",
     "RequestRefused",
 }

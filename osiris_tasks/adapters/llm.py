@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from osiris_tasks.adapters.sidecar import CircuitBreaker, SidecarClient, record_call
+from osiris_tasks.adapters.completions import CompletionCache
+from osiris_tasks.adapters.sidecar import CircuitBreaker, SidecarClient
 from osiris_tasks.domain.numbers import finite_number
 from osiris_tasks.domain.proposal import ASSESSMENT_SCHEMA, SCORE_SCHEMA, proposal_schema
 from osiris_tasks.errors import SidecarError, SidecarResponseError, SidecarStatusError
@@ -87,8 +87,15 @@ class ChatCompletionsBackend:
         if seed is not None:
             self._sampling["seed"] = seed
 
+    @property
+    def cache(self) -> CompletionCache:
+        """The completion cache of the three calls (its client's)."""
+        return self._client.cache
+
     @classmethod
-    def from_settings(cls, settings: Settings) -> ChatCompletionsBackend:
+    def from_settings(
+        cls, settings: Settings, cache: CompletionCache | None = None
+    ) -> ChatCompletionsBackend:
         """A backend for `settings`' `OSIRIS_LLM_*`, with the sidecar's timeouts and budget."""
         client = SidecarClient(
             settings.llm_base_url,
@@ -98,6 +105,7 @@ class ChatCompletionsBackend:
             max_attempts=settings.sidecar_max_attempts,
             retry_budget_s=settings.sidecar_retry_budget_s,
             breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_reset_s),
+            cache=cache,
         )
         return cls(
             client,
@@ -188,9 +196,26 @@ class ChatCompletionsBackend:
         run_id: str | None,
         calls: list[dict] | None,
     ) -> str:
-        """The assistant's text for `prompt`, asked in the first structured mode this server
-        has not refused; the call (with the server's token usage) is appended to `calls`."""
-        started = time.perf_counter()
+        """The assistant's text for `prompt`, from the completion cache or asked in the first
+        structured mode this server has not refused; the call (with the server's token usage)
+        is appended to `calls`. The cache's key is the request as first asked (messages,
+        sampling, schema), whichever mode the server ends up answering."""
+        first = self._payload(role, model, prompt, "json_schema" if schema else "none", schema)
+        return self._client.cache.complete(
+            backend="openai",
+            model=model,
+            role=role,
+            request={k: v for k, v in first.items() if k != "model"},
+            ask=lambda: self._ask(role, model, prompt, schema, run_id),
+            calls=calls,
+            run_id=run_id,
+        )
+
+    def _ask(
+        self, role: str, model: str, prompt: str, schema: Mapping | None, run_id: str | None
+    ) -> tuple[str, Any]:
+        """The server's answer to `prompt` and its usage, asked in the first structured mode
+        this server has not refused."""
         for mode in self._usable_modes(schema):
             payload = self._payload(role, model, prompt, mode, schema)
             try:
@@ -211,9 +236,7 @@ class ChatCompletionsBackend:
                     )
                     continue
                 raise
-            text = _assistant_text(body, run_id)
-            record_call(calls, role, "openai", model, started, body.get("usage"))
-            return text
+            return _assistant_text(body, run_id), body.get("usage")
         raise SidecarResponseError("LLM server refused every response_format", run_id=run_id)
 
     def _usable_modes(self, schema: Mapping | None) -> list[str]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from osiris_tasks.adapters.completions import CompletionCache
 from osiris_tasks.adapters.deadletter import DeadLetter
 from osiris_tasks.adapters.events import EventBus
 from osiris_tasks.adapters.join import RunJoin
@@ -96,8 +97,11 @@ class Resources:
     @classmethod
     def from_settings(cls, settings: Settings) -> Resources:
         client = redis_client(settings.redis_url)
+        cache = CompletionCache(settings.llm_cache, memory_rows=settings.llm_cache_memory_rows)
         sidecar = SidecarClient.from_settings(settings)
-        return cls(
+        if settings.llm_backend == "sidecar":
+            sidecar.cache = cache
+        resources = cls(
             settings=settings,
             redis=client,
             sidecar=sidecar,
@@ -110,11 +114,13 @@ class Resources:
             stash=TickStash(client, min_ticks=settings.ticks_by_reference_min),
             joins=RunJoin(client),
             llm=(
-                ChatCompletionsBackend.from_settings(settings)
+                ChatCompletionsBackend.from_settings(settings, cache)
                 if settings.llm_backend == "openai"
                 else sidecar
             ),
         )
+        cache.use_store(lambda: resources.store)
+        return resources
 
     def reset_after_fork(self) -> None:
         """Drop connections inherited from a parent process."""

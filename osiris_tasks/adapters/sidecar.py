@@ -34,6 +34,7 @@ from opentelemetry import propagate
 from urllib3.exceptions import DecodeError, HTTPError, NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as TransportTimeout
 
+from osiris_tasks.adapters.completions import CompletionCache
 from osiris_tasks.domain.numbers import finite_number
 from osiris_tasks.errors import (
     SidecarError,
@@ -163,10 +164,13 @@ class SidecarClient:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
         breaker: CircuitBreaker | None = None,
+        cache: CompletionCache | None = None,
         sleep=time.sleep,
         clock=time.monotonic,
     ):
         self.base_url = base_url.rstrip("/")
+        # The completion cache of the three LLM calls (off unless given).
+        self.cache = cache or CompletionCache()
         self._token = token
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
@@ -213,13 +217,11 @@ class SidecarClient:
         call is appended to `calls` (see `record_call`)."""
         payload = {"prompt": prompt, "max_length": max_length, "model_id": model_id}
         request = _Request("POST", "/generate/", run_id, {"model_id": model_id}, payload)
-        started = time.perf_counter()
-        body = self._call(request)
-        record_call(calls, "proposal", "sidecar", model_id, started)
+        text = self._completion("proposal", model_id, request, calls)
         try:
-            return orjson.loads(body)
+            return orjson.loads(text)
         except orjson.JSONDecodeError:
-            return body.decode("utf-8", errors="replace")
+            return text
 
     def propose_trade_adjustments(
         self,
@@ -232,9 +234,7 @@ class SidecarClient:
         """The sidecar's Hermes-assessed proposal: a dict with a string `hermes_assessment`."""
         payload = {"prompt": prompt, "max_length": max_length}
         request = _Request("POST", "/propose_trade_adjustments/", run_id, payload=payload)
-        started = time.perf_counter()
-        data = self._json_object(request, self._call(request))
-        record_call(calls, "assessment", "sidecar", "hermes", started)
+        data = self._json_object(request, self._completion("assessment", "hermes", request, calls))
         transaction_id = data.get("transaction_id")
         if not isinstance(data.get("hermes_assessment"), str) or not (
             transaction_id is None or isinstance(transaction_id, str)
@@ -254,9 +254,8 @@ class SidecarClient:
         request = _Request(
             "POST", "/score/hermes/", run_id, payload={"proposal": proposal, "context": context}
         )
-        started = time.perf_counter()
-        value = self._json_object(request, self._call(request)).get("score")
-        record_call(calls, "score", "sidecar", "hermes", started)
+        text = self._completion("score", "hermes", request, calls)
+        value = self._json_object(request, text).get("score")
         if finite_number(value) is None:
             raise self._error(request, SidecarResponseError, "answered a score that is not finite")
         return float(value)
@@ -303,6 +302,25 @@ class SidecarClient:
     def close(self) -> None:
         """Close pooled connections."""
         self._pool.close()
+
+    def _completion(
+        self, role: str, model: str, request: _Request, calls: list[dict] | None
+    ) -> str:
+        """The body of an LLM call as text, through the completion cache (keyed by the path
+        and the payload); the call is appended to `calls`."""
+
+        def ask() -> tuple[str, None]:  # the sidecar's API reports no token usage
+            return self._call(request).decode("utf-8", errors="replace"), None
+
+        return self.cache.complete(
+            backend="sidecar",
+            model=model,
+            role=role,
+            request={"path": request.path, "params": request.params, "payload": request.payload},
+            ask=ask,
+            calls=calls,
+            run_id=request.run_id,
+        )
 
     def _call(self, request: _Request) -> bytes:
         """Send `request` with retries, through the circuit breaker; returns the 2xx body."""
@@ -462,7 +480,7 @@ class SidecarClient:
             return self._error(request, SidecarResponseError, f"sent a bad encoding ({reason})")
         return self._error(request, SidecarError, f"request failed ({reason})")
 
-    def _json_object(self, request: _Request, body: bytes) -> dict:
+    def _json_object(self, request: _Request, body: bytes | str) -> dict:
         """`body` decoded as a JSON object, or `SidecarResponseError`."""
         try:
             data = orjson.loads(body)
@@ -478,31 +496,6 @@ class SidecarClient:
         if self._token:
             message = message.replace(self._token, "***")
         return cls(message, run_id=request.run_id, **fields)
-
-
-def record_call(
-    calls: list[dict] | None,
-    role: str,
-    backend: str,
-    model: str,
-    started: float,
-    usage: dict | None = None,
-) -> None:
-    """Append an LLM call that answered to `calls` (the run's `llm_calls`): its role, backend,
-    model, tokens (None where the server does not say) and latency since `started`."""
-    if calls is None:
-        return
-    usage = usage if isinstance(usage, dict) else {}
-    calls.append(
-        {
-            "role": role,
-            "backend": backend,
-            "model": model,
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens"),
-            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-        }
-    )
 
 
 def _worth_retrying(request: _Request, exc: SidecarError) -> bool:

@@ -9,7 +9,9 @@ span. What a task publishes while it runs — the chain's next task, the branch
 (published by the evaluator that completes it) — is published inside its span, so every task
 of a run descends from the bridge's `osiris.batch`. Sidecar requests are CLIENT spans
 (`sidecar POST /generate/`) and send their `traceparent` to the sidecar. Every span of a run
-carries `osiris.run_id`.
+carries `osiris.run_id`; the span of a task that asked the LLM carries the call's usage
+(`gen_ai.request.model`, `gen_ai.usage.input_tokens` / `output_tokens`, `osiris.llm.role`,
+`osiris.llm.backend`, `osiris.llm.cached`, `osiris.llm.latency_ms`).
 
 A process sets tracing up once, at start (`setup`): the bridge in `osiris bridge`; a worker
 wherever its tasks run (`setup_worker`) — in each prefork child at `worker_process_init`, in
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -44,6 +47,7 @@ __all__ = [
     "setup",
     "setup_worker",
     "shutdown",
+    "tag_llm_call",
     "tag_run",
     "traces_endpoint",
 ]
@@ -158,6 +162,26 @@ def tag_run(run_id: str) -> None:
     """Put `osiris.run_id` on the current span (a task's)."""
     if _provider is not None:
         trace.get_current_span().set_attribute(RUN_ID_ATTRIBUTE, run_id)
+
+
+def tag_llm_call(call: Mapping[str, Any]) -> None:
+    """Put one LLM call's usage on the current span (the task of the node that made it), with
+    OpenTelemetry's GenAI names where they exist."""
+    if _provider is None:
+        return
+    attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": call["model"],
+        "gen_ai.usage.input_tokens": call.get("prompt_tokens"),
+        "gen_ai.usage.output_tokens": call.get("completion_tokens"),
+        "osiris.llm.role": call["role"],
+        "osiris.llm.backend": call["backend"],
+        "osiris.llm.cached": call.get("cached", False),
+        "osiris.llm.latency_ms": call.get("latency_ms"),
+    }
+    trace.get_current_span().set_attributes(
+        {key: value for key, value in attributes.items() if value is not None}
+    )
 
 
 class _RunIdProcessor(SpanProcessor):

@@ -90,6 +90,7 @@ from osiris_tasks.store.maintenance_schedule import (
 from osiris_tasks.store.schema import (
     ADVICE_SCHEMA,
     ADVICE_TABLE,
+    COMPLETIONS_TABLE,
     KEY_PATTERN,
     RUNS_SCHEMA,
     RUNS_TABLE,
@@ -216,6 +217,11 @@ class RunStore:
         allows; per row, whether it was appended (a key repeated in `rows` is written once)."""
         return self._record_many(RUNS_TABLE, list(rows))
 
+    def record_completions(self, rows: Iterable[Mapping[str, Any]]) -> list[bool]:
+        """Append the completions whose `completion_key` is absent (the cache keeps a request's
+        first answer); per row, whether it was appended."""
+        return self._record_many(COMPLETIONS_TABLE, list(rows))
+
     def _record_one(self, table: str, row: Mapping[str, Any]) -> bool:
         data = arrow_rows(table, [row])
         key, run_id = data[TABLES[table].key][0].as_py(), data["run_id"][0].as_py()
@@ -307,6 +313,21 @@ class RunStore:
         rows = self._query(RUNS_TABLE, run_id, lambda q: q.where(where).limit(1))
         return rows[0] if rows else None
 
+    def get_completion(self, key: str) -> dict | None:
+        """The cached completion under `key`, or None."""
+        where = f"completion_key = '{check_key(key, 'completion_key')}'"
+        rows = self._query(COMPLETIONS_TABLE, None, lambda q: q.where(where).limit(1))
+        return rows[0] if rows else None
+
+    def completion_columns(self, columns: list[str], limit: int) -> pa.Table:
+        """`columns` of at most `limit` cached completions, in storage order (a cache's
+        in-memory copy is loaded from this)."""
+        return self._retry(
+            COMPLETIONS_TABLE,
+            None,
+            lambda: self._table(COMPLETIONS_TABLE).search().select(columns).limit(limit).to_arrow(),
+        )
+
     def get_advice(self, run_id: str) -> list[dict]:
         """Every risk decision recorded for the run, oldest first."""
         where = f"run_id = '{check_key(run_id, 'run_id')}'"
@@ -347,7 +368,7 @@ class RunStore:
         raise AssertionError("unreachable: the last window is the whole table")
 
     def count(self, table: str) -> int:
-        """Number of rows in `table` (ADVICE_TABLE or RUNS_TABLE)."""
+        """Number of rows in `table` (one of `TABLES`)."""
         check_table(table)
         return self._retry(table, None, lambda: self._table(table).count_rows())
 
@@ -464,7 +485,7 @@ class RunStore:
                     self._db = _connect(self.uri)
                 with self._create_lock(name):
                     spec = TABLES[name]
-                    handle = self._db.create_table(name, schema=spec.schema, exist_ok=True)
+                    handle = _open_or_create(self._db, name, spec.schema)
                     ensure_indices(handle, spec.indexed)
                     if self._claimer is not None and handle.count_rows() == 0:
                         self._claimer.table_empty(name)
@@ -552,6 +573,23 @@ def _connect(uri: str) -> lancedb.DBConnection:
             index_cache_size_bytes=INDEX_CACHE_BYTES, metadata_cache_size_bytes=METADATA_CACHE_BYTES
         ),
     )
+
+
+def _open_or_create(db: lancedb.DBConnection, name: str, schema: pa.Schema) -> LanceTable:
+    """Table `name`, created with `schema` if absent; the columns of `schema` it lacks (a table
+    written by an older version) are added, null in its old rows. Called under the creation
+    lock."""
+    try:
+        return db.create_table(name, schema=schema, exist_ok=True)
+    except ValueError as exc:  # "Provided schema does not match existing table schema"
+        if "schema" not in str(exc).lower():
+            raise
+    handle = db.open_table(name)
+    missing = [field for field in schema if field.name not in handle.schema.names]
+    if missing:
+        handle.add_columns(missing)
+        log.info("%s: added column(s) %s", name, ", ".join(field.name for field in missing))
+    return handle
 
 
 def _optimize_at(uri: str, name: str, cleanup_older_than_s: float) -> dict[str, Any]:

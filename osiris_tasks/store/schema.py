@@ -1,9 +1,15 @@
-"""The audit trail's two tables: their names, Arrow schemas, keys and indexed columns, and the
-pure shaping of rows into Arrow tables (no LanceDB connection, no Redis).
+"""The store's tables: their names, Arrow schemas, keys and indexed columns, and the pure
+shaping of rows into Arrow tables (no LanceDB connection, no Redis).
 
-Each table has a key column that makes a row unique (`run_id` / `advice_id`) and BTREE indices
-on its keys (and `orchestrator_runs.timestamp`, for `RunStore.recent_runs`). Keys are validated
-against `KEY_PATTERN` before they go into a filter, so no filter injection is possible.
+`advice` (one row per risk decision) and `orchestrator_runs` (one per run) are the audit trail;
+`completions` is the LLM completion cache (one row per distinct request, `domain/completions.py`).
+Each table has a key column that makes a row unique (`advice_id` / `run_id` /
+`completion_key`) and BTREE indices on its keys (and `orchestrator_runs.timestamp`, for
+`RunStore.recent_runs`). Keys are validated against `KEY_PATTERN` before they go into a filter,
+so no filter injection is possible.
+
+A column added to a schema here is added to an existing table when the store opens it (its old
+rows read it as null); see `RunStore._table`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from osiris_tasks.errors import StoreError
 __all__ = [
     "ADVICE_SCHEMA",
     "ADVICE_TABLE",
+    "COMPLETIONS_SCHEMA",
+    "COMPLETIONS_TABLE",
     "KEY_PATTERN",
     "RUNS_SCHEMA",
     "RUNS_TABLE",
@@ -34,6 +42,7 @@ __all__ = [
 
 ADVICE_TABLE = "advice"
 RUNS_TABLE = "orchestrator_runs"
+COMPLETIONS_TABLE = "completions"
 # Allowed run_id / advice_id: no quote, space or backslash can reach a filter expression.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -79,7 +88,18 @@ RUNS_SCHEMA = pa.schema(
             "assessment",
             "timings_ms",
             "events",
+            "llm_calls",  # JSON: the run's LLM calls (role, backend, model, tokens, cached...)
         ),
+    ]
+)
+COMPLETIONS_SCHEMA = pa.schema(
+    [
+        _key("completion_key"),
+        _key("run_id"),  # the run whose request was answered first
+        *_strings("timestamp", "backend", "model", "role", "request", "completion"),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        *_floats("latency_ms"),
     ]
 )
 
@@ -95,6 +115,7 @@ class TableSpec(NamedTuple):
 TABLES: Mapping[str, TableSpec] = {
     ADVICE_TABLE: TableSpec(ADVICE_SCHEMA, "advice_id", ("advice_id", "run_id")),
     RUNS_TABLE: TableSpec(RUNS_SCHEMA, "run_id", ("run_id", "timestamp")),
+    COMPLETIONS_TABLE: TableSpec(COMPLETIONS_SCHEMA, "completion_key", ("completion_key",)),
 }
 
 

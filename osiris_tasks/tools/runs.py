@@ -74,6 +74,15 @@ def _loads(text: str | None) -> Any:
         return text
 
 
+def llm_calls(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The run's LLM calls: its `llm_calls` column, or, in a row recorded before that column
+    existed, the list inside `final_output`."""
+    calls = _loads(row.get("llm_calls"))
+    if calls is None:
+        calls = (_loads(row.get("final_output")) or {}).get("llm_calls")
+    return calls or []
+
+
 def run_details(store: RunStore, run_id: str) -> dict[str, Any] | None:
     """Everything recorded about one run, JSON columns decoded, with its risk decisions."""
     row = store.get_run(run_id)
@@ -99,7 +108,7 @@ def run_details(store: RunStore, run_id: str) -> dict[str, Any] | None:
         "score": row.get("score"),
         "events": _loads(row.get("events")),
         "timings_ms": _loads(row.get("timings_ms")),
-        "llm_calls": final.get("llm_calls") or [],
+        "llm_calls": llm_calls(row),
         "advice": store.get_advice(run_id),
     }
 
@@ -130,9 +139,7 @@ def training_rows(runs: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]
             "assessment": row.get("assessment"),
             "error": row.get("error_message"),
             # Each LLM call's role, model, tokens and latency, as JSON text (one column type).
-            "llm_calls": orjson.dumps(
-                (_loads(row.get("final_output")) or {}).get("llm_calls") or []
-            ).decode(),
+            "llm_calls": orjson.dumps(llm_calls(row)).decode(),
         }
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from osiris_tasks.domain.budget import LLMBudget
+from osiris_tasks.domain.completions import completion_rows, usage_of
 from osiris_tasks.domain.ids import utc_iso
 from osiris_tasks.domain.market import summarize, summary_text
 from osiris_tasks.domain.proposal import build_prompt, parse_completion
@@ -52,7 +53,7 @@ NO_BUDGET = LLMBudget()
 State = Mapping[str, Any]
 # State keys with a column of their own in `orchestrator_runs`, left out of `final_output`
 # (`ticks_ref` is where the ticks of `input_query` were kept).
-SEPARATE_COLUMNS = frozenset({"ticks", "ticks_ref", "prompt", "raw_completion"})
+SEPARATE_COLUMNS = frozenset({"ticks", "ticks_ref", "prompt", "raw_completion", "llm_calls"})
 
 
 def _json(value: Any) -> str:
@@ -284,6 +285,7 @@ def run_row(state: State, *, ticks_json: str | None = None) -> dict[str, Any]:
         "assessment": (state.get("assessment") or {}).get("hermes_assessment"),
         "timings_ms": _json(state.get("timings_ms") or {}),
         "events": _json(state.get("events") or []),
+        "llm_calls": _json([usage_of(call) for call in state.get("llm_calls") or ()]),
     }
 
 
@@ -321,6 +323,7 @@ def record_run(
             ]
             state = apply_update(state, update)
     row = run_row(state, ticks_json=ticks_json)
+    _record_completions(store, state, row["timestamp"], final)
     try:
         written = store.record_run(row)
     except StoreError as exc:
@@ -334,6 +337,20 @@ def record_run(
         return {**update, "recorded": False, "status": row["status"]}
     logger.info("run_id=%s recorded status=%s (new row: %s)", run_id, row["status"], written)
     return {**update, "recorded": True, "status": row["status"]}
+
+
+def _record_completions(store: RunStore, state: State, timestamp: str, final: bool) -> None:
+    """Write the completions the cache is to keep (idempotent by key). They are a cache, not
+    the audit trail: on the `final` attempt a failed write is logged and the run recorded."""
+    rows = completion_rows(state["run_id"], state.get("llm_calls") or (), timestamp)
+    if not rows:
+        return
+    try:
+        store.record_completions(rows)
+    except StoreError:
+        if not final:
+            raise
+        logger.exception("run_id=%s completions not cached (the run is recorded)", state["run_id"])
 
 
 def _stashed_ticks(run_id: str, ref: str, stash: TickStash | None, final: bool) -> str | None:

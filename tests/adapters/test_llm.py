@@ -4,28 +4,25 @@ sidecar's `/v1` API): structured output and its fallback, and every answer that 
 from __future__ import annotations
 
 import logging
-import time
 
 import orjson
 import pytest
-from conftest import wait_for
 from pipeline_helpers import ACCEPTED_BATCH
 
 from osiris_tasks import (
     InProcessRunner,
     Resources,
     RunStatus,
-    app,
-    configure,
     initial_state,
-    submit_run,
 )
 from osiris_tasks.adapters.llm import ChatCompletionsBackend
 from osiris_tasks.adapters.sidecar import SidecarClient
 from osiris_tasks.domain.proposal import Proposal, parse_completion, proposal_schema
 from osiris_tasks.errors import SidecarResponseError, SidecarStatusError
 from osiris_tasks.store.runstore import RunStore
+from osiris_tasks.store.schema import COMPLETIONS_SCHEMA, COMPLETIONS_TABLE
 from osiris_tasks.tools.reference_sidecar import Faults
+from osiris_tasks.workflow.nodes import record_run
 
 PROMPT = (
     "PORTFOLIO nav=100000.00 daily_pnl=0.00 max_position_pct=1.0000 max_daily_loss_pct=2.0000\n"
@@ -141,75 +138,108 @@ def test_a_run_through_the_openai_backend_is_recorded(settings, sidecar_url, sid
     assert final["status"] == RunStatus.SUCCESS, final.get("errors")
     row = RunStore(settings.lancedb_uri).get_run(final["run_id"])
     assert row["status"] == RunStatus.SUCCESS and row["raw_completion"].startswith("{")
-    calls = orjson.loads(row["final_output"])["llm_calls"]
-    assert [(c["role"], c["backend"], c["model"]) for c in calls] == [
-        ("proposal", "openai", "phi3"),
-        ("assessment", "openai", "phi3"),
-        ("score", "openai", "phi3"),
+    calls = orjson.loads(row["llm_calls"])
+    assert "llm_calls" not in orjson.loads(row["final_output"])  # one home: its own column
+    assert [(c["role"], c["backend"], c["model"], c["cached"]) for c in calls] == [
+        ("proposal", "openai", "phi3", False),
+        ("assessment", "openai", "phi3", False),
+        ("score", "openai", "phi3", False),
     ]
     assert all(c["prompt_tokens"] > 0 and c["completion_tokens"] > 0 for c in calls)
     assert all(c["latency_ms"] >= 0 for c in calls)
+    assert all("completion" not in c and "request" not in c for c in calls)
     assert chat_requests(sidecar_server) - before == 3
 
 
-@pytest.mark.integration
-def test_a_run_through_the_openai_backend_on_a_real_worker(
-    settings, sidecar_url, sidecar_server, worker_factory
+def replay(settings, state, mode: str):
+    """`state` run in-process with the completion cache in `mode`."""
+    res = Resources.from_settings(settings.with_(llm_cache=mode))
+    try:
+        return InProcessRunner(res).run(state)
+    finally:
+        res.close()
+
+
+@pytest.mark.parametrize("backend_name", ["openai", "sidecar"])
+def test_a_cached_run_replays_byte_for_byte_without_asking_the_server(
+    settings, sidecar_url, sidecar_server, backend_name
 ):
+    """OSIRIS_LLM_CACHE=write (the default) keeps the run's three completions in
+    `completions`; the same batch replayed with `read` asks the server nothing and records the
+    same proposal, text byte for byte, with every call marked cached; a batch never asked is
+    a recorded LLMCacheMiss, rejected before the gate, still without asking."""
     ChatCompletionsBackend._refused.clear()
-    sidecar_server.faults = Faults(refuse_json_schema=True)  # as llama.cpp's server answers
-    env = {
-        "OSIRIS_LLM_BACKEND": "openai",
-        "OSIRIS_LLM_BASE_URL": f"{sidecar_url}/v1",
-        "OSIRIS_LLM_API_KEY": KEY,
-    }
-    configure(app, settings)
-    worker = worker_factory(settings, env_extra=env)
-    state = initial_state(ACCEPTED_BATCH)
-    before = chat_requests(sidecar_server)
-    submit_run(app, state)
+    live = settings.with_(llm_backend=backend_name, llm_base_url=f"{sidecar_url}/v1")
+    assert live.llm_cache == "write"
+    requests = sum(sidecar_server.requests.values())
+    first = replay(live, initial_state(ACCEPTED_BATCH), "write")
+    assert first["status"] == RunStatus.SUCCESS, first.get("errors")
     store = RunStore(settings.lancedb_uri)
-    row = wait_for(lambda: store.get_run(state["run_id"]), timeout_s=60)
-    store.close()
-    assert row["status"] == RunStatus.SUCCESS, row["error_message"]
-    assert row["score"] is not None and row["assessment"]
-    # the prefork child's first proposal call was refused once in json_schema, then json mode
-    assert chat_requests(sidecar_server) - before >= 4
-    assert "refused response_format json_schema" in "".join(worker.output)
-    assert KEY not in "".join(worker.output)
-
-
-def test_a_run_over_its_llm_budget_stops_asking_and_says_so(settings, sidecar_url, sidecar_server):
-    """The proposal's call spends the whole token budget: the evaluators are not asked, each
-    records `LLMBudgetExceeded`; a run past its LLM deadline is not asked at all and is
-    rejected before the gate (fail closed)."""
-    ChatCompletionsBackend._refused.clear()
-    openai = settings.with_(
-        llm_backend="openai", llm_base_url=f"{sidecar_url}/v1", llm_max_tokens_per_run=10
-    )
-    res, before = Resources.from_settings(openai), chat_requests(sidecar_server)
-    try:
-        final = InProcessRunner(res).run(initial_state(ACCEPTED_BATCH))
-    finally:
-        res.close()
-    assert chat_requests(sidecar_server) - before == 1
-    assert final["status"] == RunStatus.PARTIAL
-    assert {(e["node"], e["type"]) for e in final["errors"]} == {
-        ("evaluate_proposal", "LLMBudgetExceeded"),
-        ("score_proposal", "LLMBudgetExceeded"),
+    rows = {
+        r["role"]: r
+        for r in store.completion_columns(list(COMPLETIONS_SCHEMA.names), 100).to_pylist()
+        if r["run_id"] == first["run_id"]
     }
-    assert "OSIRIS_LLM_MAX_TOKENS_PER_RUN" in final["errors"][0]["message"]
+    assert set(rows) == {"proposal", "assessment", "score"}
+    # the completion as the backend answered it: the assistant's text, the sidecar's body
+    cached_text = rows["proposal"]["completion"]
+    if backend_name == "sidecar":
+        cached_text = orjson.loads(cached_text)["output"]
+    assert cached_text == first["raw_completion"]
+    assert {r["backend"] for r in rows.values()} == {backend_name}
+    assert [c["key"] for c in first["llm_calls"]] == [
+        rows[c["role"]]["completion_key"] for c in first["llm_calls"]
+    ]
+    asked = sum(sidecar_server.requests.values())
+    assert asked - requests >= 3
 
-    late = settings.with_(
-        llm_backend="openai", llm_base_url=f"{sidecar_url}/v1", llm_deadline_s=5.0
+    again = replay(live, initial_state(ACCEPTED_BATCH), "read")
+    assert sum(sidecar_server.requests.values()) == asked  # not one request
+    assert again["status"] == RunStatus.SUCCESS, again.get("errors")
+    assert again["raw_completion"] == first["raw_completion"]
+    assert (again["proposal"], again["score"], again["assessment"]["hermes_assessment"]) == (
+        first["proposal"],
+        first["score"],
+        first["assessment"]["hermes_assessment"],
     )
-    res, before = Resources.from_settings(late), chat_requests(sidecar_server)
+    assert [(c["role"], c["cached"]) for c in again["llm_calls"]] == [
+        ("proposal", True),
+        ("assessment", True),
+        ("score", True),
+    ]
+    assert [c["prompt_tokens"] for c in again["llm_calls"]] == [
+        c["prompt_tokens"] for c in first["llm_calls"]
+    ]
+    row = store.get_run(again["run_id"])
+    assert [c["cached"] for c in orjson.loads(row["llm_calls"])] == [True, True, True]
+    assert store.count(COMPLETIONS_TABLE) == 3  # the replay added none
+
+    other = [dict(tick, close=tick["close"] * 1.5) for tick in ACCEPTED_BATCH]
+    missed = replay(live, initial_state(other), "read")
+    assert sum(sidecar_server.requests.values()) == asked
+    assert missed["status"] == RunStatus.ERROR_RISK_REJECTED
+    assert missed["errors"][0]["type"] == "LLMCacheMiss"
+    assert "OSIRIS_LLM_CACHE=read" in missed["errors"][0]["message"]
+    store.close()
+
+
+def test_completions_are_written_once_under_redelivery(settings, sidecar_url, sidecar_server):
+    """`record_run` delivered again writes none of the run's completions twice (keyed); with
+    `readwrite` a run the cache holds asks the server nothing and adds nothing."""
+    ChatCompletionsBackend._refused.clear()
+    live = settings.with_(llm_backend="openai", llm_base_url=f"{sidecar_url}/v1")
+    final = replay(live, initial_state(ACCEPTED_BATCH), "readwrite")  # empty cache: all asked
+    assert [c["cached"] for c in final["llm_calls"]] == [False, False, False]
+    res = Resources.from_settings(live)
     try:
-        state = initial_state(ACCEPTED_BATCH, created_at=time.time() - 60)
-        final = InProcessRunner(res).run(state)
+        assert record_run(final, store=res.store, deadletter=res.deadletter)["recorded"]
+        assert res.store.count(COMPLETIONS_TABLE) == 3
     finally:
         res.close()
+    before = chat_requests(sidecar_server)
+    again = replay(live, initial_state(ACCEPTED_BATCH), "readwrite")
     assert chat_requests(sidecar_server) == before
-    assert final["status"] == RunStatus.ERROR_RISK_REJECTED
-    assert final["errors"][0]["type"] == "LLMBudgetExceeded"
-    assert "OSIRIS_LLM_DEADLINE_S" in final["errors"][0]["message"]
+    assert [c["cached"] for c in again["llm_calls"]] == [True, True, True]
+    store = RunStore(settings.lancedb_uri)
+    assert store.count(COMPLETIONS_TABLE) == 3
+    store.close()

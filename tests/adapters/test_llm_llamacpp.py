@@ -239,6 +239,26 @@ def test_a_run_on_llama_cpp_is_recorded_with_the_servers_text(settings, llama_se
     # is an upstream error that the gate rejects.
     assert row["status"] == RunStatus.ERROR_RISK_REJECTED
     assert row["error_message"] == "generate_proposal: no JSON object in the completion"
+    # The completion cache kept the server's text and usage under the call's key, and a replay
+    # from the cache alone decides the same way on the same text, byte for byte.
+    store = RunStore(s.lancedb_uri)
+    try:
+        cached = store.get_completion(call["key"])
+    finally:
+        store.close()
+    assert cached["completion"] == row["raw_completion"] and cached["run_id"] == row["run_id"]
+    assert (cached["prompt_tokens"], cached["completion_tokens"]) == (
+        call["prompt_tokens"],
+        call["completion_tokens"],
+    )
+    res = Resources.from_settings(s.with_(llm_cache="read"))
+    try:
+        again = InProcessRunner(res).run(initial_state(ACCEPTED_BATCH))
+    finally:
+        res.close()
+    assert again["raw_completion"] == row["raw_completion"]
+    assert (again["status"], again["errors"]) == (final["status"], final["errors"])
+    assert [c["cached"] for c in again["llm_calls"]] == [True]
 
 
 def post_chat(base_url: str, prompt: str, response_format: dict) -> requests.Response:

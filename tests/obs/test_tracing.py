@@ -34,6 +34,11 @@ from osiris_tasks.tools.reference_sidecar import make_server
 from osiris_tasks.tools.sim import publish
 
 CHANNEL = "market.ticks"
+LLM_ROLES = {
+    "generate_proposal": "proposal",
+    "evaluate_proposal": "assessment",
+    "score_proposal": "score",
+}
 BRIDGE_SERVICE = "osiris-bridge-under-test"  # set through OTEL_SERVICE_NAME
 REJECTED_NODES = (
     "query_market",
@@ -288,4 +293,14 @@ def assert_one_trace(otlp: OtlpReceiver, run_id: str, nodes, traceparents) -> li
         assert by_id[call["parent"]]["name"] == f"run/osiris.{node}"
         assert call["attributes"]["http.response.status_code"] == 200
         assert any(sent.startswith(f"00-{trace_id}-{call['span_id']}-") for sent in traceparents)
+    # the task of each LLM node carries its call's usage
+    for span in spans:
+        role = LLM_ROLES.get(span["name"].removeprefix("run/osiris."))
+        if span["kind"] == Span.SPAN_KIND_CONSUMER and role is not None:
+            attributes = span["attributes"]
+            assert attributes["osiris.llm.role"] == role
+            assert attributes["osiris.llm.backend"] == "sidecar"
+            assert attributes["osiris.llm.cached"] is False
+            assert attributes["gen_ai.request.model"] in ("phi3", "hermes")
+            assert attributes["osiris.llm.latency_ms"] >= 0
     return spans

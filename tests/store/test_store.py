@@ -11,6 +11,7 @@ import threading
 import time
 
 import lancedb
+import orjson
 import pyarrow as pa
 import pytest
 import redis
@@ -26,6 +27,7 @@ from osiris_tasks.store.runstore import (
     RunStore,
     maintenance_lock_name,
 )
+from osiris_tasks.store.schema import COMPLETIONS_TABLE
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 WORKERS = 4
@@ -54,6 +56,7 @@ FULL_RUN = {
     "assessment": "fine",
     "timings_ms": '{"llm": 12.5}',
     "events": "[]",
+    "llm_calls": '[{"role": "proposal", "backend": "sidecar", "model": "phi3"}]',
 }
 
 
@@ -518,7 +521,7 @@ def test_maintain_compacts_cleans_up_and_indexes(uri):
 
     done = {entry["table"]: entry for entry in store.maintain()}
 
-    assert set(done) == {RUNS_TABLE, ADVICE_TABLE}
+    assert set(done) == {RUNS_TABLE, ADVICE_TABLE, COMPLETIONS_TABLE}
     after = store.stats(RUNS_TABLE)
     assert (after["rows"], after["fragments"]) == (6, 1)
     assert after["versions"] <= 2  # the compaction's, and the index update's after it
@@ -564,7 +567,10 @@ def test_maintenance_held_elsewhere_is_skipped(redis_store, redis_client, uri, t
     )
     assert held.acquire(blocking=False) and other_store.acquire(blocking=False)
     try:  # another store's lock (same Redis, same table name) is not this store's
-        assert [entry["table"] for entry in redis_store.maintain()] == [ADVICE_TABLE]
+        assert [entry["table"] for entry in redis_store.maintain()] == [
+            ADVICE_TABLE,
+            COMPLETIONS_TABLE,
+        ]
     finally:
         held.release()
         other_store.release()
@@ -761,3 +767,37 @@ def test_maintenance_process_does_the_work_and_a_dead_one_is_replaced(uri, caplo
     assert store.count(RUNS_TABLE) == 4
     store.close()
     assert store._maintenance_process.pid is None
+
+
+def test_a_table_written_before_a_column_existed_gains_it_and_its_old_rows_still_read(tmp_path):
+    """An `orchestrator_runs` table from before the `llm_calls` column: opening the store adds
+    the column (null in the old rows, whose calls `osiris runs` then reads from `final_output`)
+    and new rows carry it."""
+    from osiris_tasks.tools.runs import llm_calls
+
+    uri = str(tmp_path / "lancedb")
+    old_schema = pa.schema([f for f in RUNS_SCHEMA if f.name != "llm_calls"])
+    old = lancedb.connect(uri).create_table(RUNS_TABLE, schema=old_schema)
+    calls = [{"role": "proposal", "backend": "sidecar", "model": "phi3"}]
+    old.add(
+        pa.Table.from_pylist(
+            [
+                {
+                    "run_id": "run_old",
+                    "status": "success",
+                    "final_output": orjson.dumps({"llm_calls": calls}).decode(),
+                }
+            ],
+            schema=old_schema,
+        )
+    )
+    store = RunStore(uri)
+    row = store.get_run("run_old")
+    assert row["llm_calls"] is None and llm_calls(row) == calls
+    assert store.record_run({"run_id": "run_new", "status": "success", "llm_calls": "[]"})
+    assert (
+        store.get_run("run_new")["llm_calls"] == "[]" and llm_calls(store.get_run("run_new")) == []
+    )
+    assert store.count(RUNS_TABLE) == 2
+    store.close()
+    assert "llm_calls" in lancedb.connect(uri).open_table(RUNS_TABLE).schema.names
