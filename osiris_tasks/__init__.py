@@ -71,6 +71,7 @@ _EXPORTS = {
     "JoinError": "errors",
     "LLMBudgetExceeded": "errors",
     "LLMCacheMiss": "errors",
+    "BookError": "errors",
     "BridgeError": "errors",
     "RequestRefused": "errors",
 }

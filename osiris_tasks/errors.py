@@ -14,6 +14,7 @@ library, and re-raised ``from`` the original. A risk rejection is a decision, no
     │   └── SidecarResponseError 2xx answer whose body is not what the API promises
     ├── LLMBudgetExceeded        the run's LLM token budget or deadline is spent: not asked
     ├── LLMCacheMiss             OSIRIS_LLM_CACHE=read and the request is not in the cache
+    ├── BookError                the paper book or the kill switch could not be read or updated
     ├── StoreError               LanceDB could not read or write
     ├── MaintenanceProcessDied   the store's maintenance process died mid-call (retried)
     ├── EventError               Redis Pub/Sub publish failed
@@ -25,6 +26,7 @@ library, and re-raised ``from`` the original. A risk rejection is a decision, no
 from __future__ import annotations
 
 __all__ = [
+    "BookError",
     "BridgeError",
     "ConfigError",
     "EventError",
@@ -122,6 +124,10 @@ class LLMBudgetExceeded(OsirisError):
 class LLMCacheMiss(OsirisError):
     """`OSIRIS_LLM_CACHE=read` (replay only) and the request is not in the completion cache:
     the LLM was not asked."""
+
+
+class BookError(OsirisError):
+    """The paper book or the kill switch could not be read or updated (Redis)."""
 
 
 class StoreError(OsirisError):

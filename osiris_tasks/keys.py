@@ -19,10 +19,17 @@ ADVICE_CHANNEL = "advice.generated"  # one per run, whatever its outcome
 PROPOSAL_CREATED_CHANNEL = "phi3.proposal.created"  # accepted and assessed runs
 PROPOSAL_ASSESSED_CHANNEL = "phi3.proposal.assessed"
 TTS_ACK_CHANNEL_PREFIX = "tts.acknowledged."  # + transaction_id: the sidecar's TTS ack
+ORDER_FILLED_CHANNEL = "order.filled"  # the paper book filled an order
+PORTFOLIO_UPDATED_CHANNEL = "portfolio.updated"  # the paper book after a run's fills
+RISK_HALTED_CHANNEL = "risk.halted"  # the kill switch was thrown (by an operator or a loss)
+RISK_RESUMED_CHANNEL = "risk.resumed"
 
 # Keys.
-NAV_KEY = "osiris:portfolio:nav"  # kept by an external book; read by the risk gate
+NAV_KEY = "osiris:portfolio:nav"  # kept by the paper or an external book; read by the gate
 DAILY_PNL_KEY = "osiris:portfolio:daily_pnl"
+BOOK_KEY = "osiris:book"  # the paper book, JSON (adapters/book.py)
+BOOK_ORDER_PREFIX = "osiris:book:order:"  # + run_id: the run's order was taken, once
+HALT_KEY = "osiris:risk:halt"  # the kill switch: JSON {reason, by, at, session}; no expiry
 TICKS_PREFIX = "osiris:ticks:"  # + run_id: a large batch's ticks (adapters/tickstash.py)
 PUBLISHED_MARKER_PREFIX = "osiris:published:"  # + event_id: published once (adapters/events.py)
 DEADLETTER_KEY = "osiris:deadletter:runs"  # run rows LanceDB refused (adapters/deadletter.py)

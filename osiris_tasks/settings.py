@@ -8,7 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit, urlunsplit
 
-from osiris_tasks.domain.risk import RISK_GATE_CONFIG
+from osiris_tasks.domain.book import BOOK_MODES, FILL_AT
+from osiris_tasks.domain.risk import (
+    DEFAULT_MAX_GROSS_EXPOSURE_PCT,
+    DEFAULT_MAX_ORDERS_PER_MINUTE,
+    DEFAULT_MAX_SYMBOL_POSITION_PCT,
+    RISK_GATE_CONFIG,
+)
 from osiris_tasks.errors import ConfigError
 
 __all__ = ["Settings", "redact_url"]
@@ -19,6 +25,11 @@ DEFAULT_LANCEDB_URI = "./lancedb_data"
 # Redis broker redelivers a task whose worker died after this long (Celery's default is 1 h).
 DEFAULT_VISIBILITY_TIMEOUT_S = 300
 DEFAULT_NAV = 100_000.0
+# The book the gate decides against (adapters/portfolio.py): `static` keeps the original
+# behaviour; `osiris demo` runs `paper`.
+DEFAULT_BOOK = "static"
+DEFAULT_BOOK_SLIPPAGE_BPS = 5.0
+DEFAULT_BOOK_FEE_BPS = 1.0
 # Ticks without a symbol (the original simulator's OHLCV bars) are filed under this one.
 DEFAULT_SYMBOL = "SPY"
 # Completion length asked of the sidecar for a proposal.
@@ -107,7 +118,15 @@ class Settings:
     tts_ack_timeout_s: float = DEFAULT_TTS_ACK_TIMEOUT_S
     max_position_size_pct: float = RISK_GATE_CONFIG["max_position_size_pct"]
     max_daily_loss_pct: float = RISK_GATE_CONFIG["max_daily_loss_pct"]
+    max_symbol_position_pct: float = DEFAULT_MAX_SYMBOL_POSITION_PCT
+    max_gross_exposure_pct: float = DEFAULT_MAX_GROSS_EXPOSURE_PCT
+    max_orders_per_minute: int = DEFAULT_MAX_ORDERS_PER_MINUTE
     nav: float = DEFAULT_NAV
+    book: str = DEFAULT_BOOK
+    book_fill_at: str = FILL_AT[0]
+    book_slippage_bps: float = DEFAULT_BOOK_SLIPPAGE_BPS
+    book_fee_bps: float = DEFAULT_BOOK_FEE_BPS
+    book_session_start_hour: int = 0
     daily_pnl: float = 0.0
     default_symbol: str = DEFAULT_SYMBOL
     max_length: int = DEFAULT_MAX_LENGTH
@@ -171,7 +190,21 @@ class Settings:
             max_daily_loss_pct=_float(
                 env, "OSIRIS_MAX_DAILY_LOSS_PCT", RISK_GATE_CONFIG["max_daily_loss_pct"]
             ),
+            max_symbol_position_pct=_float(
+                env, "OSIRIS_MAX_SYMBOL_POSITION_PCT", DEFAULT_MAX_SYMBOL_POSITION_PCT
+            ),
+            max_gross_exposure_pct=_float(
+                env, "OSIRIS_MAX_GROSS_EXPOSURE_PCT", DEFAULT_MAX_GROSS_EXPOSURE_PCT
+            ),
+            max_orders_per_minute=_int(
+                env, "OSIRIS_MAX_ORDERS_PER_MINUTE", DEFAULT_MAX_ORDERS_PER_MINUTE
+            ),
             nav=_float(env, "OSIRIS_NAV", DEFAULT_NAV),
+            book=env.get("OSIRIS_BOOK") or DEFAULT_BOOK,
+            book_fill_at=env.get("OSIRIS_BOOK_FILL_AT") or FILL_AT[0],
+            book_slippage_bps=_float(env, "OSIRIS_BOOK_SLIPPAGE_BPS", DEFAULT_BOOK_SLIPPAGE_BPS),
+            book_fee_bps=_float(env, "OSIRIS_BOOK_FEE_BPS", DEFAULT_BOOK_FEE_BPS),
+            book_session_start_hour=_int(env, "OSIRIS_BOOK_SESSION_START_HOUR", 0),
             daily_pnl=_float(env, "OSIRIS_DAILY_PNL", 0.0),
             default_symbol=env.get("OSIRIS_DEFAULT_SYMBOL") or DEFAULT_SYMBOL,
             json_logs=_bool(env, "OSIRIS_JSON_LOGS"),
@@ -186,6 +219,26 @@ class Settings:
         """Return self, or raise `ConfigError` naming the first unusable value."""
         if not 0 < self.max_position_size_pct < 1 or not 0 < self.max_daily_loss_pct < 1:
             raise ConfigError("risk limits must be fractions between 0 and 1")
+        if not 0 < self.max_symbol_position_pct <= 1:
+            raise ConfigError("OSIRIS_MAX_SYMBOL_POSITION_PCT must be a fraction in (0, 1]")
+        if not 0 < self.max_gross_exposure_pct <= 10:
+            raise ConfigError(
+                "OSIRIS_MAX_GROSS_EXPOSURE_PCT must be in (0, 10] (a fraction of NAV)"
+            )
+        if self.max_orders_per_minute < 1:
+            raise ConfigError("OSIRIS_MAX_ORDERS_PER_MINUTE must be at least 1")
+        if not math.isfinite(self.nav) or self.nav <= 0:
+            raise ConfigError("OSIRIS_NAV must be a finite positive number")
+        if self.book not in BOOK_MODES:
+            raise ConfigError(f"OSIRIS_BOOK must be one of {', '.join(BOOK_MODES)}")
+        if self.book_fill_at not in FILL_AT:
+            raise ConfigError(f"OSIRIS_BOOK_FILL_AT must be one of {', '.join(FILL_AT)}")
+        if not (0 <= self.book_slippage_bps < 10_000 and 0 <= self.book_fee_bps < 10_000):
+            raise ConfigError(
+                "OSIRIS_BOOK_SLIPPAGE_BPS and OSIRIS_BOOK_FEE_BPS must be in [0, 10000)"
+            )
+        if not 0 <= self.book_session_start_hour <= 23:
+            raise ConfigError("OSIRIS_BOOK_SESSION_START_HOUR must be an hour, 0 to 23")
         if self.store_cleanup_older_than_s < MIN_STORE_CLEANUP_OLDER_THAN_S:
             raise ConfigError(
                 f"OSIRIS_STORE_CLEANUP_OLDER_THAN_S must be at least "

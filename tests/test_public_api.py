@@ -65,6 +65,7 @@ PUBLIC = {
     "LLMBudgetExceeded",
     "LLMCacheMiss",
     "BridgeError",
+    "BookError",
     "RequestRefused",
 }
 

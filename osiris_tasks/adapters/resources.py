@@ -17,7 +17,7 @@ from osiris_tasks.adapters.deadletter import DeadLetter
 from osiris_tasks.adapters.events import EventBus
 from osiris_tasks.adapters.join import RunJoin
 from osiris_tasks.adapters.llm import ChatCompletionsBackend
-from osiris_tasks.adapters.portfolio import Portfolio
+from osiris_tasks.adapters.portfolio import BookConfig, Portfolio
 from osiris_tasks.adapters.sidecar import SidecarClient
 from osiris_tasks.adapters.tickstash import TickStash
 from osiris_tasks.domain.budget import LLMBudget
@@ -106,11 +106,27 @@ class Resources:
             redis=client,
             sidecar=sidecar,
             portfolio=Portfolio(
-                client, default_nav=settings.nav, default_daily_pnl=settings.daily_pnl
+                client,
+                default_nav=settings.nav,
+                default_daily_pnl=settings.daily_pnl,
+                mode=settings.book,
+                config=BookConfig(
+                    fill_at=settings.book_fill_at,
+                    slippage_bps=settings.book_slippage_bps,
+                    fee_bps=settings.book_fee_bps,
+                    session_start_hour=settings.book_session_start_hour,
+                    max_daily_loss_pct=settings.max_daily_loss_pct,
+                ),
             ),
             bus=EventBus(client),
             deadletter=DeadLetter(client),
-            limits=RiskLimits(settings.max_position_size_pct, settings.max_daily_loss_pct),
+            limits=RiskLimits(
+                settings.max_position_size_pct,
+                settings.max_daily_loss_pct,
+                settings.max_symbol_position_pct,
+                settings.max_gross_exposure_pct,
+                settings.max_orders_per_minute,
+            ),
             stash=TickStash(client, min_ticks=settings.ticks_by_reference_min),
             joins=RunJoin(client),
             llm=(

@@ -91,6 +91,7 @@ from osiris_tasks.store.schema import (
     ADVICE_SCHEMA,
     ADVICE_TABLE,
     COMPLETIONS_TABLE,
+    FILLS_TABLE,
     KEY_PATTERN,
     RUNS_SCHEMA,
     RUNS_TABLE,
@@ -221,6 +222,18 @@ class RunStore:
         """Append the completions whose `completion_key` is absent (the cache keeps a request's
         first answer); per row, whether it was appended."""
         return self._record_many(COMPLETIONS_TABLE, list(rows))
+
+    def record_fills(self, rows: Iterable[Mapping[str, Any]]) -> list[bool]:
+        """Append the paper book's fills whose `fill_id` is absent; per row, whether it was."""
+        return self._record_many(FILLS_TABLE, list(rows))
+
+    def fills(self, run_id: str | None = None) -> list[dict]:
+        """The fills of the run `run_id` (every fill if None), oldest first."""
+        ordered = [ColumnOrdering(column_name="timestamp", ascending=True)]
+        if run_id is None:
+            return self._query(FILLS_TABLE, None, lambda q: q.order_by(ordered))
+        where = f"run_id = '{check_key(run_id, 'run_id')}'"
+        return self._query(FILLS_TABLE, run_id, lambda q: q.where(where).order_by(ordered))
 
     def _record_one(self, table: str, row: Mapping[str, Any]) -> bool:
         data = arrow_rows(table, [row])

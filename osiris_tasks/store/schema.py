@@ -2,9 +2,10 @@
 shaping of rows into Arrow tables (no LanceDB connection, no Redis).
 
 `advice` (one row per risk decision) and `orchestrator_runs` (one per run) are the audit trail;
-`completions` is the LLM completion cache (one row per distinct request, `domain/completions.py`).
+`completions` is the LLM completion cache (one row per distinct request, `domain/completions.py`);
+`fills` holds the paper book's fills (one per order, `domain/book.py`).
 Each table has a key column that makes a row unique (`advice_id` / `run_id` /
-`completion_key`) and BTREE indices on its keys (and `orchestrator_runs.timestamp`, for
+`completion_key` / `fill_id`) and BTREE indices on its keys (and `orchestrator_runs.timestamp`, for
 `RunStore.recent_runs`). Keys are validated against `KEY_PATTERN` before they go into a filter,
 so no filter injection is possible.
 
@@ -29,6 +30,8 @@ __all__ = [
     "ADVICE_TABLE",
     "COMPLETIONS_SCHEMA",
     "COMPLETIONS_TABLE",
+    "FILLS_SCHEMA",
+    "FILLS_TABLE",
     "KEY_PATTERN",
     "RUNS_SCHEMA",
     "RUNS_TABLE",
@@ -43,6 +46,7 @@ __all__ = [
 ADVICE_TABLE = "advice"
 RUNS_TABLE = "orchestrator_runs"
 COMPLETIONS_TABLE = "completions"
+FILLS_TABLE = "fills"
 # Allowed run_id / advice_id: no quote, space or backslash can reach a filter expression.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -102,6 +106,23 @@ COMPLETIONS_SCHEMA = pa.schema(
         *_floats("latency_ms"),
     ]
 )
+FILLS_SCHEMA = pa.schema(
+    [
+        _key("fill_id"),  # the order's run_id: one fill per order
+        _key("run_id"),  # the run whose order it was
+        *_strings("filled_in_run_id", "timestamp", "symbol", "side"),
+        *_floats(
+            "quantity",
+            "price",
+            "reference_price",
+            "fee",
+            "realised_pnl",
+            "cash_after",
+            "position_after",
+            "nav_after",
+        ),
+    ]
+)
 
 
 class TableSpec(NamedTuple):
@@ -116,6 +137,7 @@ TABLES: Mapping[str, TableSpec] = {
     ADVICE_TABLE: TableSpec(ADVICE_SCHEMA, "advice_id", ("advice_id", "run_id")),
     RUNS_TABLE: TableSpec(RUNS_SCHEMA, "run_id", ("run_id", "timestamp")),
     COMPLETIONS_TABLE: TableSpec(COMPLETIONS_SCHEMA, "completion_key", ("completion_key",)),
+    FILLS_TABLE: TableSpec(FILLS_SCHEMA, "fill_id", ("fill_id", "run_id")),
 }
 
 

@@ -1,4 +1,4 @@
-"""Command line: `osiris sidecar|sim|bridge|runs|demo` and `osiris-bridge`.
+"""Command line: `osiris sidecar|sim|bridge|runs|demo|book|halt|resume` and `osiris-bridge`.
 
 Thin on purpose: parse flags, build settings, set up logging, call one function. Flags use the
 original's underscores; dashed aliases work too.
@@ -7,6 +7,7 @@ original's underscores; dashed aliases work too.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -109,6 +110,18 @@ def _demo_parser(sub) -> None:
     _common(p)
 
 
+def _book_parsers(sub) -> None:
+    p = sub.add_parser("book", help="the paper book: positions, NAV, P&L, the kill switch")
+    _flag(p, "json", action="store_true", help="print it as JSON")
+    _flag(p, "reset", action="store_true", help="start the paper book again from OSIRIS_NAV")
+    p2 = sub.add_parser("halt", help="throw the kill switch: the gate rejects every proposal")
+    _flag(p2, "reason", required=True, help="why, for the event and the verdicts")
+    p3 = sub.add_parser("resume", help="release the kill switch")
+    for parser in (p, p2, p3):
+        _flag(parser, "redis_url", help="Redis of the book (default OSIRIS_REDIS_URL)")
+        _common(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="osiris", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bridge_flags(sub.add_parser("bridge", help="Pub/Sub ticks -> Celery runs"))
     _runs_parser(sub)
     _demo_parser(sub)
+    _book_parsers(sub)
     return parser
 
 
@@ -235,6 +249,48 @@ def cmd_runs(args, settings: Settings) -> int:
     return 0
 
 
+def _portfolio(args, settings: Settings):
+    from osiris_tasks.adapters.resources import Resources
+
+    redis_url = args.redis_url or settings.redis_url
+    return Resources.from_settings(settings.with_(book="paper", redis_url=redis_url))
+
+
+def cmd_book(args, settings: Settings) -> int:
+    from osiris_tasks.tools import book, runs
+
+    resources = _portfolio(args, settings)
+    if args.reset:
+        resources.portfolio.reset()
+    summary, halted = resources.portfolio.summary(), resources.portfolio.halted()
+    if args.json:
+        print(json.dumps({**summary, "halted": halted}, indent=2))
+    else:
+        runs.console().print(book.book_view(summary, halted))
+    resources.close()
+    return 0
+
+
+def cmd_halt(args, settings: Settings) -> int:
+    from osiris_tasks.tools import book
+
+    resources = _portfolio(args, settings)
+    record = book.halt(resources.portfolio, resources.bus, args.reason)
+    Console(stderr=True).print("halted" if record else "already halted")
+    resources.close()
+    return 0
+
+
+def cmd_resume(args, settings: Settings) -> int:
+    from osiris_tasks.tools import book
+
+    resources = _portfolio(args, settings)
+    released = book.resume(resources.portfolio, resources.bus)
+    Console(stderr=True).print("resumed" if released else "was not halted")
+    resources.close()
+    return 0
+
+
 def cmd_demo(args, settings: Settings) -> int:
     from osiris_tasks.tools.demo import DemoOptions, run_demo
 
@@ -255,6 +311,9 @@ COMMANDS = {
     "sim": cmd_sim,
     "runs": cmd_runs,
     "demo": cmd_demo,
+    "book": cmd_book,
+    "halt": cmd_halt,
+    "resume": cmd_resume,
 }
 
 

@@ -21,10 +21,12 @@ import redis
 import requests
 from rich.console import Console
 
+from osiris_tasks.adapters.portfolio import Portfolio
 from osiris_tasks.keys import BRIDGE_STATS_KEY as STATS_KEY
 from osiris_tasks.keys import MARKET_CHANNEL
 from osiris_tasks.settings import Settings, redact_url
 from osiris_tasks.store.runstore import RunStore
+from osiris_tasks.tools.book import book_view
 from osiris_tasks.tools.embedded_redis import EmbeddedRedis, free_port, redis_reachable
 from osiris_tasks.tools.processes import terminate_all
 from osiris_tasks.tools.runs import console as runs_console
@@ -110,6 +112,7 @@ def _env(settings: Settings, redis_url: str, sidecar_url: str, log_dir: Path) ->
     )
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         env.pop(name, None)  # the demo's broker is the demo's Redis
+    env.setdefault("OSIRIS_BOOK", "paper")  # accepted proposals trade on the paper book
     return env
 
 
@@ -212,6 +215,14 @@ def _run(settings, options, children, env, sidecar_port, console) -> int:
     _start_all(options, children, sidecar_port)
     store = RunStore(env["OSIRIS_LANCEDB_URI"])
     client = redis.Redis.from_url(env["OSIRIS_REDIS_URL"])
+    portfolio = Portfolio(
+        client, default_nav=settings.nav, default_daily_pnl=settings.daily_pnl, mode="paper"
+    )
+    if env["OSIRIS_BOOK"] == "paper":
+        nav_at_start = portfolio.summary()["nav"]
+        console.print(f"Paper book (OSIRIS_BOOK=paper): NAV {nav_at_start:,.2f} at the start.")
+        if portfolio.halted():
+            console.print(f"Trading is halted ({portfolio.halted()['reason']}): `osiris resume`.")
     client.delete(STATS_KEY)
     baseline = store.count("orchestrator_runs")
     # Pub/Sub keeps nothing: ticks published before the bridge subscribes would be lost.
@@ -235,8 +246,16 @@ def _run(settings, options, children, env, sidecar_port, console) -> int:
     console.print(runs_table(store.recent_runs(15), title="latest runs"))
     console.print(
         f"{recorded} runs recorded in LanceDB at {env['OSIRIS_LANCEDB_URI']} "
-        f"(tables orchestrator_runs, advice); inspect with `osiris runs list`."
+        f"(tables orchestrator_runs, advice, completions, fills); inspect with "
+        "`osiris runs list`."
     )
+    if env["OSIRIS_BOOK"] == "paper":
+        summary = portfolio.summary()
+        console.print(
+            f"\nThe paper book after the demo (NAV {nav_at_start:,.2f} at the start; "
+            "`osiris book` shows it again):"
+        )
+        console.print(book_view(summary, portfolio.halted()))
     return recorded
 
 

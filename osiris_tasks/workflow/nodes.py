@@ -15,15 +15,24 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from osiris_tasks.domain.book import Order
 from osiris_tasks.domain.budget import LLMBudget
 from osiris_tasks.domain.completions import completion_rows, usage_of
 from osiris_tasks.domain.ids import utc_iso
 from osiris_tasks.domain.market import summarize, summary_text
+from osiris_tasks.domain.numbers import finite_number
 from osiris_tasks.domain.proposal import build_prompt, parse_completion
-from osiris_tasks.domain.risk import RiskLimits, Verdict, assess
+from osiris_tasks.domain.risk import Holdings, RiskLimits, Verdict, assess
 from osiris_tasks.domain.ticks import validate_tick
 from osiris_tasks.errors import OsirisError, ProposalInvalid, StoreError, TickRejected
-from osiris_tasks.keys import ADVICE_CHANNEL, PROPOSAL_ASSESSED_CHANNEL, PROPOSAL_CREATED_CHANNEL
+from osiris_tasks.keys import (
+    ADVICE_CHANNEL,
+    ORDER_FILLED_CHANNEL,
+    PORTFOLIO_UPDATED_CHANNEL,
+    PROPOSAL_ASSESSED_CHANNEL,
+    PROPOSAL_CREATED_CHANNEL,
+    RISK_HALTED_CHANNEL,
+)
 from osiris_tasks.workflow.state import UPSTREAM_ERROR_RULE, apply_update, run_status
 
 if TYPE_CHECKING:  # the adapters are given to the nodes: the workflow imports none of them
@@ -61,10 +70,15 @@ def _json(value: Any) -> str:
 
 
 def query_market(
-    state: State, *, default_symbol: str, stash: TickStash | None = None
+    state: State,
+    *,
+    default_symbol: str,
+    stash: TickStash | None = None,
+    portfolio: Portfolio | None = None,
 ) -> dict[str, Any]:
     """Re-validate the batch's ticks and summarise them per symbol; with a `stash`, a large
-    batch's ticks go there and the state carries their key (`ticks_ref`) instead."""
+    batch's ticks go there and the state carries their key (`ticks_ref`) instead. A paper book
+    (`portfolio`) takes the batch's prices: its marks, and the pending orders they fill."""
     valid, rejected = [], 0
     for raw in state.get("ticks") or []:
         try:
@@ -83,6 +97,9 @@ def query_market(
         "market_text": summary_text(summary),
         "symbols": list(summary),
     }
+    if portfolio is not None and portfolio.mode == "paper":
+        fills, after, halted = portfolio.on_ticks(state["run_id"], price_series(valid))
+        update.update(fills=fills, book_after=after, halted=halted)
     if stash is not None and stash.wants(len(valid)):
         key = stash.put(state["run_id"], _json(valid))
         if key is not None:
@@ -137,22 +154,29 @@ def risk_management(
     portfolio: Portfolio,
     limits: RiskLimits,
 ) -> dict[str, Any]:
-    """Decide with the risk gate and log the decision to `advice`; an upstream error rejects."""
-    book = portfolio.snapshot(state["run_id"])
-    if state.get("expired"):
-        verdict = Verdict(False, "batch expired before a proposal was made", "expired")
-    elif state.get("errors"):
-        verdict = Verdict(
-            False, f"upstream error: {state['errors'][0]['message']}", UPSTREAM_ERROR_RULE
-        )
-    else:
-        verdict = assess(
+    """Decide with the risk gate and log the decision to `advice`; an upstream error rejects.
+    A paper book takes an accepted proposal as an order in the same step (once per run)."""
+
+    def decide(book: Mapping[str, Any]) -> Verdict:
+        if book.get("halted"):
+            return Verdict(False, f"trading halted: {book['halted']['reason']}", "halted")
+        if state.get("expired"):
+            return Verdict(False, "batch expired before a proposal was made", "expired")
+        if state.get("errors"):
+            return Verdict(
+                False, f"upstream error: {state['errors'][0]['message']}", UPSTREAM_ERROR_RULE
+            )
+        return assess(
             state.get("proposal"),
             nav=book["nav"],
             daily_pnl=book["daily_pnl"],
             symbols=state.get("symbols") or (),
             limits=limits,
+            holdings=Holdings(**book.get("holdings", {})),
         )
+
+    decision = portfolio.decide(state["run_id"], decide, order_of(state))
+    verdict, book = decision.verdict, decision.book
     store.record_advice(
         {
             "advice_id": f"adv_{state['run_id']}",
@@ -172,7 +196,40 @@ def risk_management(
         verdict.accepted,
         verdict.rule,
     )
-    return {"verdict": verdict.as_dict(), "book": book}
+    update: dict[str, Any] = {"verdict": verdict.as_dict(), "book": book}
+    if decision.fills:
+        update["fills"] = decision.fills
+    if decision.after is not None:
+        update["book_after"] = decision.after
+    if decision.halted is not None:
+        update["halted"] = decision.halted
+    return update
+
+
+def order_of(state: State) -> Order | None:
+    """The order an accepted proposal becomes: its side and quantity, at the batch's last
+    price of its symbol (None if the proposal names no symbol of the batch)."""
+    proposal = state.get("proposal") or {}
+    symbol = (state.get("summary") or {}).get(proposal.get("ticker"))
+    quantity = finite_number(proposal.get("quantity"))
+    if symbol is None or quantity is None or proposal.get("side") not in ("LONG", "SHORT"):
+        return None
+    return Order(
+        order_id=state["run_id"],
+        symbol=proposal["ticker"],
+        side=proposal["side"],
+        quantity=quantity,
+        reference_price=symbol["last"],
+        placed_at=symbol["end_ts"],
+    )
+
+
+def price_series(ticks: list[Mapping[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """A batch's prices per symbol, `[(timestamp, close)...]` in time order."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for tick in sorted(ticks, key=lambda t: t["timestamp"]):
+        series.setdefault(tick["symbol"], []).append((tick["timestamp"], tick["close"]))
+    return series
 
 
 def evaluate_proposal(
@@ -256,7 +313,27 @@ def publish_events(
         )
         if speak is not None:
             speak(run_id=run_id, transaction_id=tx, text=assessment["hermes_assessment"])
+    events += book_events(state, bus)
     return {"events": events, "status": status}
+
+
+def book_events(state: State, bus: EventBus) -> list[dict[str, Any]]:
+    """`order.filled` per fill (its id is the order's run_id), `portfolio.updated` after them,
+    `risk.halted` if the run threw the kill switch."""
+    run_id, events = state["run_id"], []
+    for fill in state.get("fills") or ():
+        events.append(
+            bus.publish_once(
+                ORDER_FILLED_CHANNEL, {**fill, "filled_in_run_id": run_id}, run_id=fill["fill_id"]
+            )
+        )
+    if state.get("fills") and state.get("book_after"):
+        events.append(
+            bus.publish_once(PORTFOLIO_UPDATED_CHANNEL, state["book_after"], run_id=run_id)
+        )
+    if state.get("halted"):
+        events.append(bus.publish_once(RISK_HALTED_CHANNEL, state["halted"], run_id=run_id))
+    return events
 
 
 def run_row(state: State, *, ticks_json: str | None = None) -> dict[str, Any]:
@@ -324,6 +401,7 @@ def record_run(
             state = apply_update(state, update)
     row = run_row(state, ticks_json=ticks_json)
     _record_completions(store, state, row["timestamp"], final)
+    _record_fills(store, state, final)
     try:
         written = store.record_run(row)
     except StoreError as exc:
@@ -351,6 +429,26 @@ def _record_completions(store: RunStore, state: State, timestamp: str, final: bo
         if not final:
             raise
         logger.exception("run_id=%s completions not cached (the run is recorded)", state["run_id"])
+
+
+def _record_fills(store: RunStore, state: State, final: bool) -> None:
+    """Write the run's fills to `fills` (idempotent by fill_id, the order's run_id). The book in
+    Redis has them already; on the `final` attempt a failed write is logged and the run
+    recorded (its `final_output` keeps the fills)."""
+    rows = [fill_row(state["run_id"], fill) for fill in state.get("fills") or ()]
+    if not rows:
+        return
+    try:
+        store.record_fills(rows)
+    except StoreError:
+        if not final:
+            raise
+        logger.exception("run_id=%s fills not written to LanceDB", state["run_id"])
+
+
+def fill_row(run_id: str, fill: Mapping[str, Any]) -> dict[str, Any]:
+    """A `fills` row: the fill, the run that filled it, its tick time as ISO UTC."""
+    return {**fill, "filled_in_run_id": run_id, "timestamp": utc_iso(fill["timestamp"])}
 
 
 def _stashed_ticks(run_id: str, ref: str, stash: TickStash | None, final: bool) -> str | None:

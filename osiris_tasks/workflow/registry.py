@@ -50,6 +50,7 @@ NODES = (
         lambda r, b: {
             "default_symbol": r.settings.default_symbol,
             "stash": r.stash if b.by_reference else None,
+            "portfolio": r.portfolio,
         },
     ),
     NodeSpec(

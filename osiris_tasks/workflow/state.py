@@ -48,7 +48,12 @@ class RunState(TypedDict, total=False):
     prompt: str
     raw_completion: str
     proposal: dict | None
-    book: dict  # NAV and daily P&L the risk gate decided with
+    book: dict  # NAV and daily P&L the risk gate decided with (and the paper book's holdings)
+    # Orders the paper book filled in this run (a batch's ticks filling earlier runs' pending
+    # orders, or this run's own at batch close): `domain/book.py` `Fill`s, as dicts.
+    fills: Annotated[list[dict], operator.add]
+    book_after: dict | None  # the paper book after this run's changes, if it changed it
+    halted: dict | None  # a kill switch this run threw (a daily loss at or beyond the limit)
     verdict: dict  # {"accepted", "reason", "rule"}
     assessment: dict | None  # {"transaction_id", "phi3_proposal", "hermes_assessment"}
     score: float | None

@@ -141,6 +141,9 @@ def test_demo_runs_to_completion_with_an_embedded_redis(settings, tmp_path, llm_
     assert "latest runs" in output
     # The runs got through the LLM calls: no run failed before the gate.
     assert "success" in output and "error_risk_rejected" not in output
+    # The demo trades on the paper book and shows it at the end.
+    assert "Paper book (OSIRIS_BOOK=paper): NAV 100,000.00 at the start" in output
+    assert "The paper book after the demo" in output and "pending orders" in output
     # It stopped everything it started: no child of the demo is left running.
     leftovers = subprocess.run(["pgrep", "-f", env["OSIRIS_LANCEDB_URI"]], capture_output=True)
     assert leftovers.stdout == b"", os.linesep.join(output.splitlines()[-20:])
