@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from osiris_tasks.adapters.completions import CompletionCache
+from osiris_tasks.adapters.completions import CompletionCache, CompletionStage
 from osiris_tasks.adapters.deadletter import DeadLetter
 from osiris_tasks.adapters.events import EventBus
 from osiris_tasks.adapters.join import RunJoin
@@ -63,6 +63,8 @@ class Resources:
     joins: RunJoin
     # The LLM nodes' backend: the sidecar's client itself, or an OpenAI-compatible server's.
     llm: SidecarClient | ChatCompletionsBackend
+    # Completions on their way to the cache's table (record_run stages them).
+    completions: CompletionStage
     _store: RunStore | None = field(default=None, repr=False)
     _store_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -134,8 +136,9 @@ class Resources:
                 if settings.llm_backend == "openai"
                 else sidecar
             ),
+            completions=CompletionStage(client, lambda: resources.store, settings.lancedb_uri),
         )
-        cache.use_store(lambda: resources.store)
+        cache.use_store(lambda: resources.store, resources.completions)
         return resources
 
     def reset_after_fork(self) -> None:
@@ -149,6 +152,8 @@ class Resources:
             self._store.reset_after_fork()
 
     def close(self) -> None:
+        if self._store is not None:
+            self.completions.flush()  # what this process staged is written before it goes
         self.sidecar.close()
         if self.llm is not self.sidecar:
             self.llm.close()

@@ -36,6 +36,7 @@ from osiris_tasks.keys import (
 from osiris_tasks.workflow.state import UPSTREAM_ERROR_RULE, apply_update, run_status
 
 if TYPE_CHECKING:  # the adapters are given to the nodes: the workflow imports none of them
+    from osiris_tasks.adapters.completions import CompletionStage
     from osiris_tasks.adapters.deadletter import DeadLetter
     from osiris_tasks.adapters.events import EventBus
     from osiris_tasks.adapters.portfolio import Portfolio
@@ -372,10 +373,12 @@ def record_run(
     store: RunStore,
     deadletter: DeadLetter,
     stash: TickStash | None = None,
+    completions: CompletionStage | None = None,
     final: bool = True,
 ) -> dict[str, Any]:
     """Write the run to `orchestrator_runs` (idempotent by run_id), its ticks read back from
-    the `stash` if they went by reference (and forgotten there once written).
+    the `stash` if they went by reference (and forgotten there once written); its fills to
+    `fills`; its completions to the cache's stage.
 
     On the `final` attempt a write that fails goes to the dead-letter list instead of being lost,
     and ticks that cannot be read back are recorded as an error, never made up.
@@ -400,7 +403,7 @@ def record_run(
             ]
             state = apply_update(state, update)
     row = run_row(state, ticks_json=ticks_json)
-    _record_completions(store, state, row["timestamp"], final)
+    _record_completions(completions, state, row["timestamp"], final)
     _record_fills(store, state, final)
     try:
         written = store.record_run(row)
@@ -417,14 +420,17 @@ def record_run(
     return {**update, "recorded": True, "status": row["status"]}
 
 
-def _record_completions(store: RunStore, state: State, timestamp: str, final: bool) -> None:
-    """Write the completions the cache is to keep (idempotent by key). They are a cache, not
-    the audit trail: on the `final` attempt a failed write is logged and the run recorded."""
+def _record_completions(
+    completions: CompletionStage | None, state: State, timestamp: str, final: bool
+) -> None:
+    """Stage the completions the cache is to keep (written to LanceDB in batches, idempotent
+    by key). They are a cache, not the audit trail: on the `final` attempt a failure is logged
+    and the run recorded."""
     rows = completion_rows(state["run_id"], state.get("llm_calls") or (), timestamp)
-    if not rows:
+    if not rows or completions is None:
         return
     try:
-        store.record_completions(rows)
+        completions.stage(rows, run_id=state["run_id"])
     except StoreError:
         if not final:
             raise

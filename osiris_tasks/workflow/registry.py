@@ -107,6 +107,7 @@ NODES = (
             "store": r.store,
             "deadletter": r.deadletter,
             "stash": r.stash,
+            "completions": r.completions,
             "final": b.final,
         },
     ),

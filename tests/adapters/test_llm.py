@@ -232,8 +232,12 @@ def test_completions_are_written_once_under_redelivery(settings, sidecar_url, si
     assert [c["cached"] for c in final["llm_calls"]] == [False, False, False]
     res = Resources.from_settings(live)
     try:
-        assert record_run(final, store=res.store, deadletter=res.deadletter)["recorded"]
-        assert res.store.count(COMPLETIONS_TABLE) == 3
+        redelivered = record_run(
+            final, store=res.store, deadletter=res.deadletter, completions=res.completions
+        )
+        assert redelivered["recorded"] and res.completions.staged() == 3  # staged again...
+        assert res.completions.flush() == 3
+        assert res.store.count(COMPLETIONS_TABLE) == 3  # ...and written once
     finally:
         res.close()
     before = chat_requests(sidecar_server)

@@ -39,7 +39,10 @@ def book_of(url: str, fill_at: str = "batch_close", **limits) -> Portfolio:
     )
 
 
-def gate(limits: RiskLimits = RiskLimits(), proposal=PROPOSAL):
+DEFAULT_LIMITS = RiskLimits()
+
+
+def gate(limits: RiskLimits = DEFAULT_LIMITS, proposal=PROPOSAL):
     def decide(book) -> Verdict:
         if book.get("halted"):
             return Verdict(False, "halted", "halted")
