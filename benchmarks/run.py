@@ -15,6 +15,7 @@ import warnings
 import redis
 
 from . import (
+    book_bench,
     bridge_bench,
     cache_bench,
     celery_bench,
@@ -27,7 +28,17 @@ from . import (
 from .env import embedded_redis, sidecar_process
 from .report import Report
 
-BENCHMARKS = ("store", "runner", "celery", "sidecar", "bridge", "latency", "hotpaths", "cache")
+BENCHMARKS = (
+    "store",
+    "runner",
+    "celery",
+    "sidecar",
+    "bridge",
+    "latency",
+    "hotpaths",
+    "cache",
+    "book",
+)
 # Sizes per mode: quick finishes in about five minutes on two cores.
 SIZES = {
     True: {
@@ -40,6 +51,7 @@ SIZES = {
         "latency": latency_bench.QUICK,
         "hotpaths": {"messages": 300, "runs": 128, "tick_count": 30_000},
         "cache": cache_bench.QUICK_ROWS,
+        "book": book_bench.QUICK,
     },
     False: {
         "store": store_bench.FULL,
@@ -51,6 +63,7 @@ SIZES = {
         "latency": latency_bench.FULL,
         "hotpaths": {"messages": 1000, "runs": 512, "tick_count": 100_000},
         "cache": cache_bench.FULL_ROWS,
+        "book": book_bench.FULL,
     },
 }
 
@@ -91,6 +104,10 @@ def run_suite(report: Report, only: tuple[str, ...]) -> None:
                 hotpaths_bench.run(report, **sizes["hotpaths"], redis_url=redis_url)
             elif name == "cache":
                 cache_bench.run(report, rows=sizes["cache"])
+            elif name == "book":
+                book_bench.run(
+                    report, sizes=sizes["book"], redis_url=redis_url, sidecar_url=sidecar_url
+                )
             report.note(f"{name}: {time.perf_counter() - started:.0f} s")
         client.close()
 

@@ -199,3 +199,18 @@ def test_llm_backends_benchmark_compares_openai_with_sidecar(redis_url, tmp_path
     units = sorted((f.name, f.unit) for f in report.figures)
     assert len(units) == 6 and {unit for _, unit in units} >= {"calls/s"}
     assert all(f.value > 0 for f in report.figures)
+
+
+def test_book_benchmark_at_tiny_sizes_fills_every_order(redis_url, tmp_path):
+    from benchmarks import book_bench
+    from benchmarks.env import sidecar_process
+
+    report = Report(quick=True)
+    with sidecar_process(latency_ms=0) as url:
+        book_bench.run(report, sizes=book_bench.TINY, redis_url=redis_url, sidecar_url=url)
+    figures = {f.name: f for f in report.figures}
+    fills = figures["fills through decide (gate in the transaction, order marker), 1 thread"]
+    assert fills.baseline == "bare GET + SET per fill" and fills.value > 0
+    assert figures["in-process runs, OSIRIS_BOOK=paper"].baseline == (
+        "in-process runs, OSIRIS_BOOK=static"
+    )

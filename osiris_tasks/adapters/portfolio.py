@@ -5,9 +5,10 @@
   concurrent workers never lose an update: a batch's ticks (session roll, pending orders
   filled, marks) in `on_ticks`; the gate's decision and the order it accepts in `decide`,
   against the book as it is at that instant — two runs deciding at once cannot both pass a limit
-  that only one of them fits. An accepted order is taken **once per run**: its marker
-  (`BOOK_ORDER_PREFIX + run_id`, kept a week) is written in the same transaction, and a
-  redelivered task finds it and gets the first decision back instead of a second order. Each
+  that only one of them fits. Each change is applied **once per run**: its result is kept under
+  the run's marker (`BOOK_ORDER_PREFIX` / `BOOK_TICKS_PREFIX` + run_id, a week) in the same
+  transaction, and a redelivered task finds it and gets the first result back (the same
+  decision, the same fills, so they are still recorded) instead of a second order or fill. Each
   transaction also writes `NAV_KEY` and `DAILY_PNL_KEY`, so whatever reads those sees the book.
 * `external`: NAV and daily P&L from the two keys, written by a book outside this package; a
   missing key is no book (the gate rejects: fail closed).
@@ -31,20 +32,20 @@ import orjson
 import redis
 
 from osiris_tasks.domain import book as paper
-from osiris_tasks.domain.book import Book, Fill, Order
+from osiris_tasks.domain.book import Book, Order
 from osiris_tasks.domain.ids import utc_iso
 from osiris_tasks.domain.numbers import parse_finite
 from osiris_tasks.domain.risk import Verdict
 from osiris_tasks.errors import BookError
-from osiris_tasks.keys import BOOK_KEY, BOOK_ORDER_PREFIX, HALT_KEY, NAV_KEY
+from osiris_tasks.keys import BOOK_KEY, BOOK_ORDER_PREFIX, BOOK_TICKS_PREFIX, HALT_KEY, NAV_KEY
 from osiris_tasks.keys import DAILY_PNL_KEY as PNL_KEY
 
 __all__ = ["NAV_KEY", "PNL_KEY", "BookConfig", "Decision", "Portfolio"]
 
 logger = logging.getLogger(__name__)
 
-# A run's order marker outlives any redelivery of its task.
-ORDER_MARKER_TTL_S = 7 * 86_400
+# A run's markers (its order taken, its ticks applied) outlive any redelivery of its tasks.
+MARKER_TTL_S = 7 * 86_400
 LOSS_HALT = "daily_loss"
 
 
@@ -176,51 +177,44 @@ class Portfolio:
     def on_ticks(
         self, run_id: str, ticks: dict[str, list[tuple[float, float]]]
     ) -> tuple[list[dict], dict | None, dict | None]:
-        """A batch's ticks (symbol: [(ts, price)...] in time order) applied to the paper book:
-        `(fills, summary after, a halt it threw)`; nothing for the other books."""
+        """A batch's ticks (symbol: [(ts, price)...] in time order) applied to the paper book,
+        once per run: `(fills, summary after, a halt it threw)`; nothing for the other books.
+        A redelivery gets the first application's fills back, so they are still recorded."""
         if self.mode != "paper" or not ticks:
             return [], None, None
 
-        def change(book: Book, _halt_raw: bytes | None) -> tuple[Book, list[Fill]]:
-            return paper.on_ticks(
+        def change(book: Book, _halt: dict | None) -> tuple[Book, dict]:
+            after, fills = paper.on_ticks(
                 book,
                 ticks,
                 session_start_hour=self._config.session_start_hour,
                 slippage_bps=self._config.slippage_bps,
                 fee_bps=self._config.fee_bps,
             )
+            return after, {"fills": [f.as_dict() for f in fills]}
 
-        fills, after, halted = self._transact(run_id, change)
-        return [f.as_dict() for f in fills], summarize(after), halted
+        done, after, halted = self._transact(run_id, change, BOOK_TICKS_PREFIX + run_id)
+        return done["fills"], summarize(after), halted
 
     def decide(
         self, run_id: str, decide: Callable[[dict[str, Any]], Verdict], order: Order | None
     ) -> Decision:
         """The gate's `decide(snapshot)`, and with the paper book the accepted `order` taken
-        in the same transaction (once per run: a redelivery gets the first decision back)."""
+        in the same transaction, once per run: a redelivery gets the first decision back."""
         if self.mode != "paper":
             snapshot = self.snapshot(run_id)
             verdict = decide(snapshot)
             return Decision(verdict, snapshot, [], None, self._loss_halt(verdict))
-        marker = BOOK_ORDER_PREFIX + run_id
-        try:
-            taken = self._redis.get(marker)
-        except redis.RedisError as exc:
-            raise BookError(f"cannot read the book: {exc}", run_id=run_id) from exc
-        if taken is not None:
-            logger.info("run_id=%s order already taken: the first decision stands", run_id)
-            return _decision(orjson.loads(taken))
-        seen: dict[str, Any] = {}
 
-        def change(book: Book, halt_raw: bytes | None) -> tuple[Book, dict]:
-            snapshot = self._paper_view(book, _halt(halt_raw, book.session))
+        def change(book: Book, halt: dict | None) -> tuple[Book, dict]:
+            snapshot = self._paper_view(book, halt)
             verdict = decide(snapshot)
-            seen.update(verdict=verdict, snapshot=snapshot)
+            done = {"verdict": verdict.as_dict(), "book": snapshot, "fills": []}
             if not verdict.accepted or order is None:
-                return book, {}
+                return book, done
             book = paper.place(book, order)
             if self._config.fill_at == "batch_close":
-                book, _fill = paper.apply_fill(
+                book, filled = paper.apply_fill(
                     book,
                     order,
                     order.reference_price,
@@ -228,15 +222,18 @@ class Portfolio:
                     slippage_bps=self._config.slippage_bps,
                     fee_bps=self._config.fee_bps,
                 )
-                return book, {"fills": [_fill.as_dict()]}
-            return book, {"fills": []}
+                done["fills"] = [filled.as_dict()]
+            return book, done
 
-        placed, after, halted = self._transact(run_id, change, marker=marker, record=seen)
-        verdict = seen["verdict"]
-        halted = halted or self._loss_halt(verdict)
-        fills = placed.get("fills", [])
+        done, after, halted = self._transact(run_id, change, BOOK_ORDER_PREFIX + run_id)
+        verdict = Verdict(**done["verdict"])
+        changed = done.get("changed", False)
         return Decision(
-            verdict, seen["snapshot"], fills, summarize(after) if placed else None, halted
+            verdict,
+            done["book"],
+            done["fills"],
+            summarize(after) if changed else None,
+            halted or self._loss_halt(verdict),
         )
 
     def reset(self, capital: float | None = None) -> Book:
@@ -253,25 +250,25 @@ class Portfolio:
     # -- plumbing -------------------------------------------------------------------------
 
     def _transact(
-        self,
-        run_id: str,
-        change: Callable[[Book, bytes | None], tuple[Book, Any]],
-        *,
-        marker: str | None = None,
-        record: dict[str, Any] | None = None,
-    ) -> tuple[Any, Book, dict | None]:
-        """`change(book, the kill switch's raw record)` applied to the paper book atomically:
-        `(its result, the book after, a loss halt it threw)`. With `marker`, a result that
-        changed the book is kept under it (with the verdict in `record`) in the same
-        transaction."""
+        self, run_id: str, change: Callable[[Book, dict | None], tuple[Book, dict]], marker: str
+    ) -> tuple[dict, Book, dict | None]:
+        """`change(book, the kill switch in force)` applied to the paper book atomically and
+        once for `marker`: `(its result, the book after, a loss halt it threw)`. A result that
+        changed the book is kept under `marker` in the same transaction; while it is there,
+        `change` is not applied again and the kept result (with `changed` false) comes back."""
         out: dict[str, Any] = {}
 
         def transaction(pipe: redis.client.Pipeline) -> None:
-            raw, halt_raw = pipe.mget(BOOK_KEY, HALT_KEY)
+            raw, halt_raw, taken = pipe.mget(BOOK_KEY, HALT_KEY, marker)
             before = self._book(raw)
-            after, result = change(before, halt_raw)
-            loss = self._loss(after)
-            in_force = _halt(halt_raw, after.session)
+            if taken is not None:
+                pipe.multi()
+                out.update(result=orjson.loads(taken), after=before, loss=None)
+                return
+            in_force = _halt(halt_raw, before.session)
+            after, result = change(before, in_force)
+            in_force = _halt(halt_raw, after.session)  # a new session lifts a loss halt
+            loss = self._loss(after) if in_force is None else None
             pipe.multi()
             if halt_raw is not None and in_force is None:  # a loss halt of an earlier session
                 pipe.delete(HALT_KEY)
@@ -279,27 +276,20 @@ class Portfolio:
                 pipe.set(BOOK_KEY, orjson.dumps(after.as_json()))
                 pipe.set(NAV_KEY, repr(paper.nav(after)))
                 pipe.set(PNL_KEY, repr(paper.daily_pnl(after)))
-                if marker is not None:
-                    taken = {
-                        **result,
-                        "verdict": record["verdict"].as_dict(),
-                        "book": record["snapshot"],
-                    }
-                    pipe.set(marker, orjson.dumps(taken), ex=ORDER_MARKER_TTL_S)
-            if loss is not None and in_force is None:
+                pipe.set(marker, orjson.dumps(result), ex=MARKER_TTL_S)
+            if loss is not None:
                 pipe.set(HALT_KEY, orjson.dumps(loss))
-            else:
-                loss = None
-            out.update(result=result, after=after, loss=loss)
+            out.update(result={**result, "changed": after is not before}, after=after, loss=loss)
 
         try:
-            self._redis.transaction(transaction, BOOK_KEY, HALT_KEY)
+            self._redis.transaction(transaction, BOOK_KEY, HALT_KEY, marker)
         except redis.RedisError as exc:
             raise BookError(f"cannot update the book: {exc}", run_id=run_id) from exc
-        loss = out["loss"]
-        if loss is not None:
-            logger.warning("run_id=%s trading halted: %s", run_id, loss["reason"])
-        return out["result"], out["after"], loss
+        if out["result"].get("changed") is None:
+            logger.info("run_id=%s already applied to the book: the first result stands", run_id)
+        if out["loss"] is not None:
+            logger.warning("run_id=%s trading halted: %s", run_id, out["loss"]["reason"])
+        return out["result"], out["after"], out["loss"]
 
     def _loss(self, book: Book) -> dict[str, Any] | None:
         """A loss halt if `book`'s daily P&L is at or beyond the limit."""
@@ -356,11 +346,6 @@ def _halt(raw: bytes | None, session: str | None) -> dict[str, Any] | None:
     if record.get("by") == LOSS_HALT and session is not None and record.get("session") != session:
         return None
     return record
-
-
-def _decision(taken: dict[str, Any]) -> Decision:
-    verdict = Verdict(**taken["verdict"])
-    return Decision(verdict, taken["book"], taken.get("fills", []), None, None)
 
 
 def summarize(book: Book) -> dict[str, Any]:

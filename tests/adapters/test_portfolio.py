@@ -200,3 +200,15 @@ def test_paper_runs_fill_and_mark_the_book_and_record_their_fills(settings):
     assert row["filled_in_run_id"] == second["run_id"] and row["price"] == pytest.approx(
         fill["price"]
     )
+
+
+def test_a_batch_applied_again_fills_nothing_new_and_returns_its_first_fills(redis_url):
+    """`query_market` redelivered after its transaction committed: the book is not changed
+    again, and the fills it made come back, so the run still records and announces them."""
+    book = book_of(redis_url, fill_at="next_tick")
+    book.decide("run_a", gate(), order("run_a", at=1000.0))
+    batch = {"AAPL": [(1001.0, 101.0)]}
+    first, _, _ = book.on_ticks("run_b", batch)
+    again, _, _ = book_of(redis_url, fill_at="next_tick").on_ticks("run_b", batch)
+    assert [f["fill_id"] for f in first] == ["run_a"] and again == first
+    assert book.book().fills == 1
