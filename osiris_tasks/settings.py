@@ -113,6 +113,7 @@ class Settings:
     llm_deadline_s: float | None = None  # None: no deadline for a run's LLM calls
     llm_cache: str = DEFAULT_LLM_CACHE
     llm_cache_memory_rows: int = DEFAULT_LLM_CACHE_MEMORY_ROWS
+    llm_cache_uri: str | None = None  # None: lancedb_uri (a backtest reads another store's)
     join_deadline_s: float | None = None  # None: derived (see `run_join_deadline_s`)
     tts_enabled: bool = False
     tts_ack_timeout_s: float = DEFAULT_TTS_ACK_TIMEOUT_S
@@ -183,6 +184,7 @@ class Settings:
             llm_cache_memory_rows=_int(
                 env, "OSIRIS_LLM_CACHE_MEMORY_ROWS", DEFAULT_LLM_CACHE_MEMORY_ROWS
             ),
+            llm_cache_uri=env.get("OSIRIS_LLM_CACHE_URI") or None,
             tts_enabled=_bool(env, "OSIRIS_TTS_ENABLED"),
             max_position_size_pct=_float(
                 env, "OSIRIS_MAX_POSITION_SIZE_PCT", RISK_GATE_CONFIG["max_position_size_pct"]

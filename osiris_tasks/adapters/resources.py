@@ -6,6 +6,7 @@ worker's RSS, measured), which a worker that only calls the sidecar never needs.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -83,10 +84,8 @@ class Resources:
         return self._store
 
     def _build_store(self) -> RunStore:
-        from osiris_tasks.store.runstore import RunStore
-
         settings = self.settings
-        return RunStore(
+        return _run_store(
             settings.lancedb_uri,
             redis=self.redis,
             seen_ttl_s=max(
@@ -138,7 +137,10 @@ class Resources:
             ),
             completions=CompletionStage(client, lambda: resources.store, settings.lancedb_uri),
         )
-        cache.use_store(lambda: resources.store, resources.completions)
+        if settings.llm_cache_uri in (None, settings.lancedb_uri):
+            cache.use_store(lambda: resources.store, resources.completions)
+        else:  # the cache of another store (a backtest replaying live runs' completions)
+            cache.use_store(functools.cache(lambda: _run_store(settings.llm_cache_uri)))
         return resources
 
     def reset_after_fork(self) -> None:
@@ -160,3 +162,10 @@ class Resources:
         if self._store is not None:
             self._store.close()
         self.redis.close()
+
+
+def _run_store(uri: str, **options) -> RunStore:
+    """A run store (lancedb imported here, on first use)."""
+    from osiris_tasks.store.runstore import RunStore
+
+    return RunStore(uri, **options)

@@ -189,8 +189,9 @@ def orders_in_last_minute(book: Book, now_s: float) -> int:
 
 
 def roll(book: Book, session: str) -> Book:
-    """`book` in `session`: a new session starts at the NAV of this moment."""
-    if book.session == session:
+    """`book` in `session`: a new session starts at the NAV of this moment. A session before
+    the book's (a late batch) changes nothing: the session never moves back."""
+    if book.session is not None and session <= book.session:  # ISO dates order as strings
         return book
     return replace(book, session=session, session_start_nav=nav(book))
 

@@ -98,7 +98,8 @@ def _shape_check(proposal: Any, symbols: Collection[str]) -> Verdict | None:
     ticker = proposal.get("ticker")
     if not isinstance(ticker, str) or ticker not in symbols:
         return _reject("unknown_ticker", f"ticker {ticker!r} is not in this batch")
-    if proposal.get("side") not in SIDES:
+    side = proposal.get("side")
+    if not isinstance(side, str) or side not in SIDES:
         return _reject("invalid_side", f"side must be LONG or SHORT, got {proposal.get('side')!r}")
     confidence = finite_number(proposal.get("confidence"))
     if confidence is None or not 0 <= confidence <= 1:

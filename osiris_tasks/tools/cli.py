@@ -1,4 +1,5 @@
-"""Command line: `osiris sidecar|sim|bridge|runs|demo|book|halt|resume` and `osiris-bridge`.
+"""Command line: `osiris sidecar|sim|bridge|runs|demo|book|halt|resume|backtest`, and
+`osiris-bridge`.
 
 Thin on purpose: parse flags, build settings, set up logging, call one function. Flags use the
 original's underscores; dashed aliases work too.
@@ -84,8 +85,16 @@ def _runs_parser(sub) -> None:
     show = rsub.add_parser("show", help="everything about one run")
     show.add_argument("run_id")
     exp = rsub.add_parser("export", help="runs as prompt/completion/outcome rows")
-    _flag(exp, "format", choices=("jsonl", "parquet"), default="jsonl")
-    _flag(exp, "output", default=None, help="file (default: runs.<format>)")
+    _flag(
+        exp,
+        "format",
+        choices=("jsonl", "parquet", "chat"),
+        default="jsonl",
+        help="chat: chat-format JSONL (messages + outcome labels) for fine-tuning",
+    )
+    _flag(exp, "output", default=None, help="file (default: runs.<format>, runs.chat.jsonl)")
+    _flag(exp, "accepted", action="store_true", help="chat: only runs the gate accepted")
+    _flag(exp, "min_pnl", type=float, help="chat: only runs whose fill realised at least this")
     replay = rsub.add_parser("replay", help="record the dead-lettered runs kept in Redis")
     _flag(replay, "redis_url", default=None, help="default: OSIRIS_REDIS_URL")
     for parser in (lst, show, exp, replay):
@@ -122,6 +131,31 @@ def _book_parsers(sub) -> None:
         _common(parser)
 
 
+def _backtest_parser(sub) -> None:
+    from osiris_tasks.domain.book import BOOK_MODES, FILL_AT
+
+    p = sub.add_parser("backtest", help="the graph over recorded ticks, with the paper book")
+    p.add_argument("ticks", nargs="*", help="tick files: CSV, JSONL or Parquet")
+    _flag(
+        p, "out", required=True, help="directory for lancedb/, summary.json, equity.png, report.md"
+    )
+    _flag(p, "from_runs", help="backtest the batches of the runs recorded at this LanceDB URI")
+    _flag(p, "ticks_per_proposal", type=int, default=10, help="ticks per batch, per symbol")
+    _flag(
+        p,
+        "llm",
+        choices=("cache", "live", "cache_then_live"),
+        default="cache",
+        help="completions from the cache only (a miss is a recorded error), live, or both",
+    )
+    _flag(p, "cache_uri", help="LanceDB URI of the completion cache (default OSIRIS_LANCEDB_URI)")
+    _flag(p, "book", choices=BOOK_MODES, default="paper", help="the book the gate decides against")
+    _flag(p, "fill_at", choices=FILL_AT, help="when orders fill (default OSIRIS_BOOK_FILL_AT)")
+    _flag(p, "celery", action="store_true", help="through the Celery workers (OSIRIS_REDIS_URL)")
+    _flag(p, "no_progress", action="store_true", help="no progress bar")
+    _common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="osiris", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _runs_parser(sub)
     _demo_parser(sub)
     _book_parsers(sub)
+    _backtest_parser(sub)
     return parser
 
 
@@ -243,8 +278,11 @@ def cmd_runs(args, settings: Settings) -> int:
             return 1
         print(runs.format_details(details))
     else:
-        output = Path(args.output or f"runs.{args.format}")
-        count = runs.export_runs(store, args.format, output)
+        default = "runs.chat.jsonl" if args.format == "chat" else f"runs.{args.format}"
+        output = Path(args.output or default)
+        count = runs.export_runs(
+            store, args.format, output, accepted_only=args.accepted, min_pnl=args.min_pnl
+        )
         console.print(f"exported {count} runs to {output}")
     return 0
 
@@ -291,6 +329,32 @@ def cmd_resume(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_backtest(args, settings: Settings) -> int:
+    from osiris_tasks.tools.backtest import BacktestOptions, run_backtest
+
+    options = BacktestOptions(
+        out=Path(args.out),
+        sources=tuple(args.ticks),
+        from_runs=args.from_runs,
+        ticks_per_proposal=args.ticks_per_proposal,
+        llm=args.llm,
+        cache_uri=args.cache_uri,
+        book=args.book,
+        fill_at=args.fill_at,
+        celery=args.celery,
+        progress=not args.no_progress,
+    )
+    summary = run_backtest(settings, options)
+    p = summary["performance"]
+    Console(stderr=True).print(
+        f"{summary['backtest']['batches']} batches: NAV {p['start_nav']:,.2f} -> "
+        f"{p['end_nav']:,.2f} ({p['total_return']:+.2%}), max drawdown {p['max_drawdown']:.2%}, "
+        f"{p['trades']} trades, {summary['llm']['cache_hits']}/{summary['llm']['calls']} LLM "
+        f"calls from the cache; {options.out}/report.md"
+    )
+    return 0
+
+
 def cmd_demo(args, settings: Settings) -> int:
     from osiris_tasks.tools.demo import DemoOptions, run_demo
 
@@ -314,6 +378,7 @@ COMMANDS = {
     "book": cmd_book,
     "halt": cmd_halt,
     "resume": cmd_resume,
+    "backtest": cmd_backtest,
 }
 
 

@@ -256,6 +256,12 @@ def _run(settings, options, children, env, sidecar_port, console) -> int:
             "`osiris book` shows it again):"
         )
         console.print(book_view(summary, portfolio.halted()))
+    console.print(
+        "\nBacktest these runs on the same graph (their completions from the cache; a run "
+        "whose prompt differs, because the book moved otherwise, is recorded as a cache miss):"
+        f"\n  osiris backtest --from_runs {env['OSIRIS_LANCEDB_URI']} --out backtest_demo "
+        f"--cache_uri {env['OSIRIS_LANCEDB_URI']}"
+    )
     return recorded
 
 

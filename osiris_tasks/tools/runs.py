@@ -17,11 +17,15 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
+from osiris_tasks.adapters.llm import ROLE_MARKER, SYSTEM_PROMPTS
 from osiris_tasks.store.runstore import RunStore
 
-__all__ = ["console", "export_runs", "run_details", "runs_table", "training_rows"]
+__all__ = ["chat_rows", "console", "export_runs", "run_details", "runs_table", "training_rows"]
 
-EXPORT_FORMATS = ("jsonl", "parquet")
+# What a chat row's labels keep of its run's fill.
+FILL_LABELS = ("side", "quantity", "price", "fee", "realised_pnl", "timestamp")
+
+EXPORT_FORMATS = ("jsonl", "parquet", "chat")
 LIST_COLUMNS = (
     "time",
     "run_id",
@@ -143,11 +147,69 @@ def training_rows(runs: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]
         }
 
 
-def export_runs(store: RunStore, fmt: str, output: Path) -> int:
-    """Write every run to `output` as JSONL or Parquet; return how many."""
+def chat_rows(
+    runs: Iterable[Mapping[str, Any]],
+    fills: Mapping[str, Mapping[str, Any]],
+    *,
+    accepted_only: bool = False,
+    min_pnl: float | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Runs as chat-format fine-tuning rows: the proposal's messages as they were sent (the
+    system message of the OpenAI-compatible backend; the sidecar's API takes the prompt alone)
+    and the model's completion, labelled with the run's outcome. `fills` is by run_id; a fill's
+    `realised_pnl` is what that fill realised (0 for one that opens a position)."""
+    for row in runs:
+        if not row.get("prompt") or row.get("raw_completion") is None:
+            continue  # never asked (an error before the proposal): nothing to learn from
+        verdict = _loads(row.get("risk_verdict")) or {}
+        if accepted_only and not verdict.get("accepted"):
+            continue
+        fill = fills.get(row["run_id"])
+        pnl = fill["realised_pnl"] if fill else None
+        if min_pnl is not None and (pnl is None or pnl < min_pnl):
+            continue
+        proposal_call = next((c for c in llm_calls(row) if c.get("role") == "proposal"), {})
+        messages = []
+        if proposal_call.get("backend") == "openai":
+            system = f"{ROLE_MARKER}proposal\n{SYSTEM_PROMPTS['proposal']}"
+            messages.append({"role": "system", "content": system})
+        messages += [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["raw_completion"]},
+        ]
+        yield {
+            "messages": messages,
+            "run_id": row["run_id"],
+            "labels": {
+                "status": row["status"],
+                "accepted": verdict.get("accepted"),
+                "rule": verdict.get("rule"),
+                "score": row.get("score"),
+                "model": proposal_call.get("model"),
+                "fill": None if fill is None else {k: fill[k] for k in FILL_LABELS},
+                "realised_pnl": pnl,
+            },
+        }
+
+
+def export_runs(
+    store: RunStore,
+    fmt: str,
+    output: Path,
+    *,
+    accepted_only: bool = False,
+    min_pnl: float | None = None,
+) -> int:
+    """Write every run to `output` as JSONL, Parquet or chat JSONL (filtered by `accepted_only`
+    and `min_pnl`); return how many."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}")
-    rows = training_rows(store.iter_runs())
+    if fmt == "chat":
+        fills = {fill["run_id"]: fill for fill in store.fills()}
+        rows = chat_rows(store.iter_runs(), fills, accepted_only=accepted_only, min_pnl=min_pnl)
+        fmt = "jsonl"
+    else:
+        rows = training_rows(store.iter_runs())
     if fmt == "jsonl":
         count = 0
         with output.open("wb") as fh:

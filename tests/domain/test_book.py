@@ -1,6 +1,6 @@
 """The paper book's arithmetic: the NAV identities after any fills and marks, fills of pending
-orders, session rolls and the JSON round trip. Expected values are computed here, from the
-fills' inputs, never read back from the function under test."""
+orders, session rolls and the JSON round trip. Expected values are computed here from the
+inputs (a plain ledger of the fills and marks), not read back from the functions under test."""
 
 from __future__ import annotations
 
@@ -301,12 +301,6 @@ def test_on_ticks_rolls_the_session_at_the_nav_of_that_moment(specs, new_prices)
     assert close(paper.daily_pnl(later), change, scale)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="roll() accepts an older session: a late batch of yesterday's ticks rolls the book "
-    "back a day, and the next batch of today rolls it forward again at the current NAV, "
-    "resetting the daily P&L (and lifting a loss halt, which is kept per session)",
-)
 def test_a_late_batch_never_moves_the_session_back():
     book = book_on_day_one([("AAA", "LONG", 100.0, 100.0)])
     today, _ = paper.on_ticks(book, {"AAA": [(float(T0 + DAY_S), 100.0)]}, **NO_COSTS)

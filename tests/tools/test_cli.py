@@ -144,6 +144,37 @@ def test_demo_runs_to_completion_with_an_embedded_redis(settings, tmp_path, llm_
     # The demo trades on the paper book and shows it at the end.
     assert "Paper book (OSIRIS_BOOK=paper): NAV 100,000.00 at the start" in output
     assert "The paper book after the demo" in output and "pending orders" in output
+    assert "osiris backtest --from_runs" in output
     # It stopped everything it started: no child of the demo is left running.
     leftovers = subprocess.run(["pgrep", "-f", env["OSIRIS_LANCEDB_URI"]], capture_output=True)
     assert leftovers.stdout == b"", os.linesep.join(output.splitlines()[-20:])
+
+
+def test_halt_book_and_resume_from_the_command_line(settings, capsys):
+    """`osiris halt` throws the kill switch and says so on `risk.halted`; the next run is
+    rejected with rule `halted`; `osiris book --json` shows the halt; `osiris resume` releases
+    it and says so on `risk.resumed`."""
+    from pipeline_helpers import EventListener
+
+    url = ["--redis_url", settings.redis_url]
+    listener = EventListener(settings.redis_url, "risk.halted", "risk.resumed")
+    try:
+        assert main(["halt", "--reason", "desk review", *url]) == 0
+        res = Resources.from_settings(settings.with_(book="paper"))
+        try:
+            final = InProcessRunner(res).run(initial_state(ACCEPTED_BATCH))
+        finally:
+            res.close()
+        assert (final["verdict"]["accepted"], final["verdict"]["rule"]) == (False, "halted")
+        capsys.readouterr()
+        assert main(["book", "--json", *url]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["halted"]["reason"] == "desk review" and shown["nav"] == settings.nav
+        assert main(["resume", *url]) == 0
+        wait_for(lambda: len(listener.messages) == 2, timeout_s=5)
+    finally:
+        listener.close()
+    (halted_on, halted), (resumed_on, resumed) = listener.messages
+    assert (halted_on, halted["reason"], halted["by"]) == ("risk.halted", "desk review", "operator")
+    assert (resumed_on, resumed["released"]["reason"]) == ("risk.resumed", "desk review")
+    assert redis.Redis.from_url(settings.redis_url).get("osiris:risk:halt") is None
