@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
 import warnings
 
 import redis
 
 from . import (
+    backtest_bench,
     book_bench,
     bridge_bench,
     cache_bench,
@@ -25,7 +27,7 @@ from . import (
     sidecar_bench,
     store_bench,
 )
-from .env import embedded_redis, sidecar_process
+from .env import bench_settings, embedded_redis, sidecar_process
 from .report import Report
 
 BENCHMARKS = (
@@ -38,6 +40,7 @@ BENCHMARKS = (
     "hotpaths",
     "cache",
     "book",
+    "backtest",
 )
 # Sizes per mode: quick finishes in about five minutes on two cores.
 SIZES = {
@@ -52,6 +55,7 @@ SIZES = {
         "hotpaths": {"messages": 300, "runs": 128, "tick_count": 30_000},
         "cache": cache_bench.QUICK_ROWS,
         "book": book_bench.QUICK,
+        "backtest": backtest_bench.QUICK,
     },
     False: {
         "store": store_bench.FULL,
@@ -64,6 +68,7 @@ SIZES = {
         "hotpaths": {"messages": 1000, "runs": 512, "tick_count": 100_000},
         "cache": cache_bench.FULL_ROWS,
         "book": book_bench.FULL,
+        "backtest": backtest_bench.FULL,
     },
 }
 
@@ -104,6 +109,10 @@ def run_suite(report: Report, only: tuple[str, ...]) -> None:
                 hotpaths_bench.run(report, **sizes["hotpaths"], redis_url=redis_url)
             elif name == "cache":
                 cache_bench.run(report, rows=sizes["cache"])
+            elif name == "backtest":
+                with tempfile.TemporaryDirectory(prefix="osiris-bench-") as workdir:
+                    settings = bench_settings(redis_url, sidecar_url, workdir)
+                    backtest_bench.run(report, sizes=sizes["backtest"], settings=settings)
             elif name == "book":
                 book_bench.run(
                     report, sizes=sizes["book"], redis_url=redis_url, sidecar_url=sidecar_url

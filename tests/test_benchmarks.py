@@ -214,3 +214,15 @@ def test_book_benchmark_at_tiny_sizes_fills_every_order(redis_url, tmp_path):
     assert figures["in-process runs, OSIRIS_BOOK=paper"].baseline == (
         "in-process runs, OSIRIS_BOOK=static"
     )
+
+
+def test_backtest_benchmark_at_tiny_sizes_replays_from_the_cache(redis_url, tmp_path):
+    from benchmarks import backtest_bench
+    from benchmarks.env import bench_settings, sidecar_process
+
+    report = Report(quick=True)
+    with sidecar_process(latency_ms=0) as url:
+        settings = bench_settings(redis_url, url, str(tmp_path))
+        backtest_bench.run(report, sizes=backtest_bench.TINY, settings=settings)
+    (bare, cached, year) = report.figures
+    assert cached.baseline == bare.name and cached.value > 0 and year.unit == "min"

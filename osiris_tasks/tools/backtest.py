@@ -125,15 +125,17 @@ def batch_ticks(
 
 
 def runs_batches(uri: str) -> list[list[dict]]:
-    """The batches of the runs recorded at `uri`, in the order they were formed."""
+    """The batches of the runs recorded at `uri`, in the order they were formed (ties by
+    symbol, as a backtest orders its batches)."""
     store = RunStore(uri)
     try:
         runs = sorted(
-            (row["created_at"] or "", orjson.loads(row["input_query"] or "[]"))
+            ((row["created_at"] or "", row["symbols"] or "", row["run_id"]), row["input_query"])
             for row in store.iter_runs()
         )
     finally:
         store.close()
+    runs = [(key, orjson.loads(ticks or "[]")) for key, ticks in runs]
     return [ticks for _, ticks in runs if ticks]
 
 

@@ -137,7 +137,7 @@ def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
         for row in reader:
             if any(cell.strip() for cell in row):
                 yield {
-                    field: _number(row[i]) if field in NUMERIC_COLUMNS else row[i].strip()
+                    field: _cell(field, row[i])
                     for field, i in columns.items()
                     if i < len(row) and row[i].strip()
                 }
@@ -152,6 +152,16 @@ def _csv_columns(header: list[str], path: Path) -> dict[str, int]:
     if stamp is not None:
         columns["timestamp"] = header.index(stamp)
     return columns
+
+
+def _cell(field: str, cell: str) -> float | str:
+    """A CSV cell as a tick field: numbers as numbers, a timestamp as epoch seconds if it is
+    a number (else the text: ISO 8601)."""
+    if field in NUMERIC_COLUMNS:
+        return _number(cell)
+    if field == "timestamp" and isinstance(number := _number(cell), float):
+        return number
+    return cell.strip()
 
 
 def _number(cell: str) -> float | str:

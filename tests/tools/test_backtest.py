@@ -80,6 +80,14 @@ def test_a_cached_backtest_is_byte_identical_and_asks_no_llm(
     # the cached replay decided exactly what the live run decided
     assert first["performance"] == live["performance"] and first["runs"] == live["runs"]
     assert first["rejections_by_rule"] == live["rejections_by_rule"]
+    # the live backtest's own runs, backtested again from the cache: the same decisions
+    again = run_backtest(
+        settings,
+        BacktestOptions(
+            out=tmp_path / "again", from_runs=cache, llm="cache", cache_uri=cache, progress=False
+        ),
+    )
+    assert again["performance"] == live["performance"] and requests_made(sidecar_server) == before
     for name in ("summary.json", "equity.csv", "equity.png", "report.md"):
         assert (tmp_path / "a" / name).stat().st_size > 0
     report = (tmp_path / "a" / "report.md").read_text()
