@@ -63,7 +63,7 @@ def run(report: Report, *, sizes: dict, settings: Settings) -> None:
         ticks = Path(workdir) / "bars.csv"
         minute_bars(ticks, sizes["ticks_per_symbol"])
 
-        def backtest(out: str, llm: str) -> tuple[dict, float]:
+        def backtest(out: str, llm: str) -> tuple[dict, dict]:
             options = BacktestOptions(
                 out=Path(workdir) / out,
                 sources=(str(ticks),),
@@ -72,7 +72,8 @@ def run(report: Report, *, sizes: dict, settings: Settings) -> None:
                 cache_uri=str(Path(workdir) / "live" / "lancedb"),
                 progress=False,
             )
-            return timed(run_backtest, settings, options)
+            timings: dict[str, float] = {}
+            return run_backtest(settings, options, timings=timings), timings
 
         live, live_s = backtest("live", "live")
         cached, cached_s = backtest("cached", "cache")
@@ -85,18 +86,20 @@ def run(report: Report, *, sizes: dict, settings: Settings) -> None:
             bare_graph_rate(sizes["invokes"]),
             "runs/s",
         )
+        rate = batches / cached_s["runs_s"]
         report.add(
             NAME,
-            f"backtest, every completion from the cache, {batches} batches of {BATCH}",
-            batches / cached_s,
+            f"backtest's runs, every completion from the cache, {batches} batches of {BATCH}",
+            rate,
             "batches/s",
             baseline=bare,
             target=0.5,
-            live_batches_per_s=round(batches / live_s, 1),
+            whole_command_s=round(cached_s["total_s"], 2),
+            live_batches_per_s=round(batches / live_s["runs_s"], 1),
         )
         report.add(
             NAME,
             "a year of 1-minute bars for 5 symbols (~490k ticks), from the cache",
-            YEAR_OF_MINUTES_TICKS / BATCH / (batches / cached_s) / 60,
+            YEAR_OF_MINUTES_TICKS / BATCH / rate / 60,
             "min",
         )

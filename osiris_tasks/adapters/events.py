@@ -1,7 +1,8 @@
 """Run events on Redis Pub/Sub: JSON payloads that carry `run_id` and a stable `event_id`.
 
 `event_id` is `<run_id>:<channel>`, so a redelivered task publishes the same ids and consumers
-can drop repeats; a marker key also stops the bus from publishing an event twice.
+can drop repeats; a marker key also stops the bus from publishing an event twice (checked,
+published and set in one script: one round trip per event).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 import redis
 
+from osiris_tasks import lua
 from osiris_tasks.domain.ids import utc_iso
 from osiris_tasks.errors import EventError
 from osiris_tasks.keys import PUBLISHED_MARKER_PREFIX as MARKER_PREFIX
@@ -34,6 +36,8 @@ class EventBus:
 
     def __init__(self, client: redis.Redis):
         self._redis = client
+        # Check the marker, publish, mark: one round trip (lua/publish_once.lua).
+        self._publish = lua.script(client, "publish_once")
 
     @property
     def redis(self) -> redis.Redis:
@@ -44,12 +48,14 @@ class EventBus:
         eid = event_id(run_id, channel)
         message = {"event_id": eid, "run_id": run_id, "published_at": utc_iso(), **payload}
         try:
-            if self._redis.exists(MARKER_PREFIX + eid):
-                logger.info("run_id=%s event %s already published, not repeated", run_id, eid)
-                return {"channel": channel, "event_id": eid}
-            receivers = self._redis.publish(channel, orjson.dumps(message, default=str))
-            self._redis.set(MARKER_PREFIX + eid, 1, ex=PUBLISHED_MARKER_TTL_S)
+            receivers = self._publish(
+                keys=[MARKER_PREFIX + eid],
+                args=[channel, orjson.dumps(message, default=str), PUBLISHED_MARKER_TTL_S],
+            )
         except redis.RedisError as exc:
             raise EventError(f"publishing {channel} failed: {exc}", run_id=run_id) from exc
+        if receivers < 0:
+            logger.info("run_id=%s event %s already published, not repeated", run_id, eid)
+            return {"channel": channel, "event_id": eid}
         logger.debug("run_id=%s published %s to %d receivers", run_id, channel, receivers)
         return {"channel": channel, "event_id": eid}

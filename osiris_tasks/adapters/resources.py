@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,11 @@ class Resources:
                 if self._store is None:
                     self._store = self._build_store()
         return self._store
+
+    def wrap_store(self, wrap: Callable[[RunStore], RunStore]) -> None:
+        """Put `wrap(store)` in the run store's place, for every node that uses it (a backtest
+        batches its writes this way)."""
+        self._store = wrap(self.store)
 
     def _build_store(self) -> RunStore:
         settings = self.settings

@@ -265,7 +265,10 @@ def apply_fill(
 
 def place(book: Book, order: Order) -> Book:
     """`book` with `order` waiting for its symbol's next tick, counted as placed."""
-    recent = (*book.recent_orders, order.placed_at)[-MAX_RECENT_ORDERS:]
+    newest = max(order.placed_at, *book.recent_orders) if book.recent_orders else order.placed_at
+    recent = tuple(
+        ts for ts in (*book.recent_orders, order.placed_at) if ts > newest - ORDER_WINDOW_S
+    )[-MAX_RECENT_ORDERS:]  # older ones can never count again
     return replace(book, pending={**book.pending, order.order_id: order}, recent_orders=recent)
 
 

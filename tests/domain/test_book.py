@@ -258,9 +258,13 @@ def test_orders_in_last_minute_counts_a_sliding_window_of_the_recent_orders():
     book = paper.new_book(CAPITAL)
     for i in range(paper.MAX_RECENT_ORDERS + 5):
         book = paper.place(book, order(f"run-{i}", at=float(i)))
-    assert len(book.recent_orders) == paper.MAX_RECENT_ORDERS
-    assert book.recent_orders[0] == 5.0
+    # only the orders that can still count are kept: those of the last minute
     last = float(paper.MAX_RECENT_ORDERS + 4)
+    assert book.recent_orders == tuple(float(t) for t in range(int(last) - 59, int(last) + 1))
+    crowded = paper.new_book(CAPITAL)
+    for i in range(paper.MAX_RECENT_ORDERS + 5):  # more in one minute than are kept
+        crowded = paper.place(crowded, order(f"run-{i}", at=1.0 + i / 10_000))
+    assert len(crowded.recent_orders) == paper.MAX_RECENT_ORDERS
     assert paper.orders_in_last_minute(book, last) == 60  # (last - 60, last]
     assert paper.orders_in_last_minute(book, last + 60) == 0
     assert paper.orders_in_last_minute(book, 4.0) == 0  # dropped from the window
