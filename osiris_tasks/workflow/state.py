@@ -163,5 +163,6 @@ def initial_state(
         "ttl_s": ttl_s,
         "ticks": [dict(t) for t in ticks] if copy_ticks else ticks,
         "errors": [],
+        "fills": [],  # as LangGraph's aggregate channel starts: the same state on both paths
         "timings_ms": {},
     }

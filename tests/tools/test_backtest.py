@@ -214,3 +214,27 @@ def test_celery_and_in_process_give_the_same_fills(
 
     wait_for(lambda: fills(out) == fills(tmp_path / "local"), timeout_s=10)
     assert json.loads((out / "summary.json").read_text())["llm"]["cache_hits"] > 0
+
+
+def test_parquet_and_jsonl_ticks_backtest_like_the_csv(settings, sidecar_server, stocks, tmp_path):
+    """The same ticks as CSV, JSONL and Parquet: the same batches, the same summary."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = list(csv.DictReader(stocks.open()))[:60]
+    ticks = [
+        {"symbol": r["symbol"], "timestamp": r["timestamp"], "close": float(r["close"])}
+        for r in rows
+    ]
+    as_csv = tmp_path / "t.csv"
+    as_csv.write_text("".join(stocks.read_text().splitlines(keepends=True)[:61]))
+    as_jsonl = tmp_path / "t.jsonl"
+    as_jsonl.write_text("".join(json.dumps(t) + "\n" for t in ticks))
+    as_parquet = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pylist(ticks), as_parquet)
+    summaries = [
+        backtest(settings, tmp_path / name, [source], llm="live")
+        for name, source in (("csv", as_csv), ("jsonl", as_jsonl), ("parquet", as_parquet))
+    ]
+    assert summaries[0]["backtest"]["ticks"] == 60
+    assert summaries[0] == summaries[1] == summaries[2]
