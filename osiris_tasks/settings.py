@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, field, fields, replace
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from osiris_tasks.domain.book import BOOK_MODES, FILL_AT
 from osiris_tasks.domain.risk import (
@@ -15,15 +16,18 @@ from osiris_tasks.domain.risk import (
     DEFAULT_MAX_SYMBOL_POSITION_PCT,
     RISK_GATE_CONFIG,
 )
+from osiris_tasks.domain.ticks import SYMBOL_RE
 from osiris_tasks.errors import ConfigError
 
-__all__ = ["Settings", "redact_url"]
+__all__ = ["Settings", "redact_url", "redacted_repr"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_SIDECAR_URL = "http://localhost:8000"
 DEFAULT_LANCEDB_URI = "./lancedb_data"
 # Redis broker redelivers a task whose worker died after this long (Celery's default is 1 h).
 DEFAULT_VISIBILITY_TIMEOUT_S = 300
+# Query parameters of a URL whose value is a secret (redact_url).
+SECRET_PARAMETER = re.compile(r"pass|token|secret|key|auth", re.IGNORECASE)
 DEFAULT_NAV = 100_000.0
 # The book the gate decides against (adapters/portfolio.py): `static` keeps the original
 # behaviour; `osiris demo` runs `paper`.
@@ -80,9 +84,12 @@ DEFAULT_LLM_CACHE_MEMORY_ROWS = 100_000
 DEFAULT_TTS_ACK_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Everything a worker, the bridge or the CLI needs to know, built once with `from_env()`."""
+    """Everything a worker, the bridge or the CLI needs to know, built once with `from_env()`.
+
+    Its repr leaves out the secrets (`repr=False` fields) and shows every URL redacted
+    (`redact_url`), so a settings object can be logged."""
 
     redis_url: str = DEFAULT_REDIS_URL
     broker_url: str = DEFAULT_REDIS_URL
@@ -130,6 +137,7 @@ class Settings:
     book_session_start_hour: int = 0
     daily_pnl: float = 0.0
     default_symbol: str = DEFAULT_SYMBOL
+    symbols: frozenset[str] | None = None  # OSIRIS_SYMBOLS: the only symbols ticks may carry
     max_length: int = DEFAULT_MAX_LENGTH
     json_logs: bool = False
     task_events: bool = False  # Celery task events for monitors; Flower turns them on itself
@@ -209,6 +217,7 @@ class Settings:
             book_session_start_hour=_int(env, "OSIRIS_BOOK_SESSION_START_HOUR", 0),
             daily_pnl=_float(env, "OSIRIS_DAILY_PNL", 0.0),
             default_symbol=env.get("OSIRIS_DEFAULT_SYMBOL") or DEFAULT_SYMBOL,
+            symbols=_symbols(env.get("OSIRIS_SYMBOLS")),
             json_logs=_bool(env, "OSIRIS_JSON_LOGS"),
             task_events=_bool(env, "OSIRIS_TASK_EVENTS"),
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
@@ -283,6 +292,10 @@ class Settings:
         """Hard limit for any task: above the sidecar budget, well under the visibility timeout."""
         return int(min(self.sidecar_retry_budget_s + 30, self.visibility_timeout_s * 0.8))
 
+    def __repr__(self) -> str:
+        shown = (f"{f.name}={_redacted(getattr(self, f.name))!r}" for f in fields(self) if f.repr)
+        return f"Settings({', '.join(shown)})"
+
     @property
     def llm_eval_model_or_default(self) -> str:
         """The model that assesses and scores proposals: `llm_eval_model`, else `llm_model`."""
@@ -301,14 +314,44 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***`, for logs and records."""
+    """`url` with any password (in its authority or a query parameter such as `password=`,
+    `token=` or `key=`) replaced by `***`, for logs, reprs and records."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    if parts.password:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        parts = parts._replace(netloc=f"{user}:***@{host}{port}")
+    if parts.query:
+        query = [
+            (name, "***" if SECRET_PARAMETER.search(name) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
+
+
+def redacted_repr(instance) -> str:
+    """A dataclass's repr with its `repr=False` fields left out and every URL redacted."""
+    shown = (
+        f"{f.name}={_redacted(getattr(instance, f.name))!r}" for f in fields(instance) if f.repr
+    )
+    return f"{type(instance).__name__}({', '.join(shown)})"
+
+
+def _redacted(value):
+    return redact_url(value) if isinstance(value, str) and "://" in value else value
+
+
+def _symbols(raw: str | None) -> frozenset[str] | None:
+    """`OSIRIS_SYMBOLS` (comma-separated) as a set; None when unset (every valid symbol)."""
+    if not raw or not raw.strip():
+        return None
+    names = frozenset(name.strip() for name in raw.split(",") if name.strip())
+    bad = sorted(name for name in names if not SYMBOL_RE.fullmatch(name))
+    if bad:
+        raise ConfigError(f"OSIRIS_SYMBOLS: {bad} are not symbols (1-16 letters, digits, . - _)")
+    return names
 
 
 def _float(env: Mapping[str, str], name: str, default: float | None) -> float | None:

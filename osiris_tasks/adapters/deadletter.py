@@ -1,4 +1,5 @@
-"""Where a run goes when it cannot be recorded: a Redis list, replayable into LanceDB."""
+"""Where a run goes when it cannot be recorded: a Redis list, replayable into LanceDB. The
+run's risk decision goes with it when that could not be written either."""
 
 from __future__ import annotations
 
@@ -24,9 +25,15 @@ class DeadLetter:
         self._redis = client
         self._key = key
 
-    def push(self, row: dict[str, Any], *, reason: str) -> None:
-        """Keep `row`; if even Redis fails, the row goes to the error log in full."""
-        entry = orjson.dumps({"row": row, "reason": reason, "at": utc_iso()}, default=str)
+    def push(
+        self, row: dict[str, Any], *, reason: str, advice: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Keep `row` (and the run's `advice` rows not written yet); if even Redis fails, they
+        go to the error log in full."""
+        kept = {"row": row, "reason": reason, "at": utc_iso()}
+        if advice:
+            kept["advice"] = advice
+        entry = orjson.dumps(kept, default=str)
         try:
             self._redis.rpush(self._key, entry)
         except redis.RedisError as exc:
@@ -49,11 +56,15 @@ class DeadLetter:
         return int(self._redis.llen(self._key))
 
     def replay(self, store) -> tuple[int, int]:
-        """Write every dead-lettered row to `store`; return `(replayed, left)`."""
+        """Write every dead-lettered run (its advice rows first) to `store`; return
+        `(replayed, left)`. Idempotent: a row already there is not written again."""
         replayed = 0
         while (entry := self._redis.lindex(self._key, 0)) is not None:
-            row = orjson.loads(entry)["row"]
+            kept = orjson.loads(entry)
+            row = kept["row"]
             try:
+                if kept.get("advice"):
+                    store.record_advice_many(kept["advice"])
                 store.record_run(row, recheck=True)
             except StoreError as exc:
                 logger.error("run_id=%s replay failed: %s", row.get("run_id"), exc)

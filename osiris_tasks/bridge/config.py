@@ -12,6 +12,7 @@ from typing import Literal
 
 from osiris_tasks.errors import ConfigError
 from osiris_tasks.keys import MARKET_CHANNEL
+from osiris_tasks.settings import redacted_repr
 
 __all__ = ["DRAIN_TIMEOUT_S", "BridgeConfig"]
 
@@ -19,9 +20,10 @@ __all__ = ["DRAIN_TIMEOUT_S", "BridgeConfig"]
 DRAIN_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class BridgeConfig:
-    """What the bridge reads, how it batches, and how hard it may push the workers."""
+    """What the bridge reads, how it batches, and how hard it may push the workers (its repr
+    redacts the Redis URL's password)."""
 
     redis_url: str
     market_channel: str = MARKET_CHANNEL
@@ -33,6 +35,10 @@ class BridgeConfig:
     max_inflight: int | None = None
     stats_interval_s: float = 10.0
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    symbols: frozenset[str] | None = None  # OSIRIS_SYMBOLS: ticks of any other are rejected
+
+    def __repr__(self) -> str:
+        return redacted_repr(self)
 
     def __post_init__(self) -> None:
         if self.ticks_per_proposal < 1:

@@ -248,7 +248,9 @@ class Bridge:
     def _on_tick(self, data: bytes) -> None:
         self._counters.incr("ticks_received")
         try:
-            tick = parse_tick(data, default_symbol=self._config.default_symbol)
+            tick = parse_tick(
+                data, default_symbol=self._config.default_symbol, symbols=self._config.symbols
+            )
         except TickRejected as exc:
             self._counters.reject(exc.reason)
             self._log_rejection(exc, data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -55,26 +55,46 @@ class _FeedTick(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 _decode_feed_tick = msgspec.json.Decoder(_FeedTick).decode
 
 
-def parse_tick(raw: bytes | str, *, default_symbol: str, now_s: float | None = None) -> Tick:
-    """Decode a Pub/Sub payload and validate it; raise `TickRejected` with the reason."""
+def parse_tick(
+    raw: bytes | str,
+    *,
+    default_symbol: str,
+    now_s: float | None = None,
+    symbols: Container[str] | None = None,
+) -> Tick:
+    """Decode a Pub/Sub payload and validate it; raise `TickRejected` with the reason. With
+    `symbols` (`OSIRIS_SYMBOLS`), a tick of any other symbol is rejected."""
     if len(raw) > MAX_TICK_BYTES:
         raise TickRejected(
             f"message of {len(raw)} bytes exceeds {MAX_TICK_BYTES}", sample=_sample(raw)
         )
     if (tick := _feed_tick(raw)) is not None:
-        return tick
+        return _allowed(tick, symbols)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise TickRejected(f"not JSON: {exc}", sample=_sample(raw)) from exc
-    return validate_tick(obj, default_symbol=default_symbol, now_s=now_s)
+    return validate_tick(obj, default_symbol=default_symbol, now_s=now_s, symbols=symbols)
 
 
-def validate_tick(obj: Any, *, default_symbol: str, now_s: float | None = None) -> Tick:
-    """Return the tick's validated fields only; raise `TickRejected` with the reason."""
+def validate_tick(
+    obj: Any,
+    *,
+    default_symbol: str,
+    now_s: float | None = None,
+    symbols: Container[str] | None = None,
+) -> Tick:
+    """Return the tick's validated fields only; raise `TickRejected` with the reason. With
+    `symbols` (`OSIRIS_SYMBOLS`), a tick of any other symbol is rejected."""
     if type(obj) is dict and (tick := _plain_tick(obj)) is not None:
-        return tick
-    return _validate(obj, default_symbol, now_s)
+        return _allowed(tick, symbols)
+    return _allowed(_validate(obj, default_symbol, now_s), symbols)
+
+
+def _allowed(tick: Tick, symbols: Container[str] | None) -> Tick:
+    if symbols is not None and tick["symbol"] not in symbols:
+        raise TickRejected(f"symbol {tick['symbol']!r} is not in OSIRIS_SYMBOLS")
+    return tick
 
 
 def _feed_tick(raw: bytes | str) -> Tick | None:

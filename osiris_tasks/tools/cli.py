@@ -209,6 +209,7 @@ def cmd_bridge(args, settings: Settings) -> int:
         proposal_ttl_s=args.proposal_ttl_s,
         max_inflight=args.max_inflight,
         stats_interval_s=args.stats_interval_s,
+        symbols=settings.symbols,
     )
     bridge = Bridge(
         config,

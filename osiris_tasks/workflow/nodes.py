@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -63,7 +63,9 @@ NO_BUDGET = LLMBudget()
 State = Mapping[str, Any]
 # State keys with a column of their own in `orchestrator_runs`, left out of `final_output`
 # (`ticks_ref` is where the ticks of `input_query` were kept).
-SEPARATE_COLUMNS = frozenset({"ticks", "ticks_ref", "prompt", "raw_completion", "llm_calls"})
+SEPARATE_COLUMNS = frozenset(
+    {"ticks", "ticks_ref", "prompt", "raw_completion", "llm_calls", "unrecorded_advice"}
+)
 
 
 def _json(value: Any) -> str:
@@ -76,6 +78,7 @@ def query_market(
     default_symbol: str,
     stash: TickStash | None = None,
     portfolio: Portfolio | None = None,
+    symbols: Container[str] | None = None,
 ) -> dict[str, Any]:
     """Re-validate the batch's ticks and summarise them per symbol; with a `stash`, a large
     batch's ticks go there and the state carries their key (`ticks_ref`) instead. A paper book
@@ -84,7 +87,12 @@ def query_market(
     for raw in state.get("ticks") or []:
         try:
             valid.append(
-                validate_tick(raw, default_symbol=default_symbol, now_s=state.get("created_at"))
+                validate_tick(
+                    raw,
+                    default_symbol=default_symbol,
+                    now_s=state.get("created_at"),
+                    symbols=symbols,
+                )
             )
         except TickRejected:
             rejected += 1
@@ -178,26 +186,29 @@ def risk_management(
 
     decision = portfolio.decide(state["run_id"], decide, order_of(state))
     verdict, book = decision.verdict, decision.book
-    store.record_advice(
-        {
-            "advice_id": f"adv_{state['run_id']}",
-            "run_id": state["run_id"],
-            "timestamp": utc_iso(),
-            "proposal": _json(state.get("proposal")),
-            "accepted": verdict.accepted,
-            "reason": verdict.reason,
-            "rule": verdict.rule,
-            "nav_before_trade": book["nav"],
-            "daily_pnl_before_trade": book["daily_pnl"],
-        }
-    )
+    advice = {
+        "advice_id": f"adv_{state['run_id']}",
+        "run_id": state["run_id"],
+        "timestamp": utc_iso(),
+        "proposal": _json(state.get("proposal")),
+        "accepted": verdict.accepted,
+        "reason": verdict.reason,
+        "rule": verdict.rule,
+        "nav_before_trade": book["nav"],
+        "daily_pnl_before_trade": book["daily_pnl"],
+    }
+    update: dict[str, Any] = {"verdict": verdict.as_dict(), "book": book}
+    try:
+        store.record_advice(advice)
+    except StoreError as exc:  # the decision stands; its row goes on with the run
+        logger.error("run_id=%s advice not written (%s): kept with the run", state["run_id"], exc)
+        update["unrecorded_advice"] = [advice]
     logger.info(
         "run_id=%s risk verdict accepted=%s rule=%s",
         state["run_id"],
         verdict.accepted,
         verdict.rule,
     )
-    update: dict[str, Any] = {"verdict": verdict.as_dict(), "book": book}
     if decision.fills:
         update["fills"] = decision.fills
     if decision.after is not None:
@@ -405,12 +416,15 @@ def record_run(
     row = run_row(state, ticks_json=ticks_json)
     _record_completions(completions, state, row["timestamp"], final)
     _record_fills(store, state, final)
+    advice = state.get("unrecorded_advice") or []
     try:
+        if advice:  # the risk decision its node could not write
+            store.record_advice_many(advice)
         written = store.record_run(row)
     except StoreError as exc:
         if not final:
             raise
-        deadletter.push(row, reason=str(exc))
+        deadletter.push(row, reason=str(exc), advice=advice)
         written = None
     if ticks_json is not None:
         stash.delete(ref)

@@ -51,6 +51,7 @@ NODES = (
             "default_symbol": r.settings.default_symbol,
             "stash": r.stash if b.by_reference else None,
             "portfolio": r.portfolio,
+            "symbols": r.settings.symbols,
         },
     ),
     NodeSpec(

@@ -55,6 +55,7 @@ class RunState(TypedDict, total=False):
     book_after: dict | None  # the paper book after this run's changes, if it changed it
     halted: dict | None  # a kill switch this run threw (a daily loss at or beyond the limit)
     verdict: dict  # {"accepted", "reason", "rule"}
+    unrecorded_advice: list[dict]  # the advice row risk_management could not write (record_run)
     assessment: dict | None  # {"transaction_id", "phi3_proposal", "hermes_assessment"}
     score: float | None
     expired: bool

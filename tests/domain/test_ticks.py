@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from osiris_tasks.domain.market import summarize, summary_text
 from osiris_tasks.domain.ticks import MAX_TICK_BYTES, parse_tick, validate_tick
-from osiris_tasks.errors import TickRejected
+from osiris_tasks.errors import ConfigError, TickRejected
+from osiris_tasks.settings import Settings
 
 NOW = 1_764_000_000.0
 
@@ -265,3 +266,26 @@ def test_the_fast_paths_take_a_feeds_plain_tick():
     with pytest.raises(TickRejected, match="not JSON"):  # msgspec can't even encode it
         parse_tick('{"symbol": "AAPL", "close": 1.0}\ud800', default_symbol="SPY")
     assert _plain_tick({**tick, "high": 99.0}) is None  # high below low: _validate says why
+
+
+def test_an_allow_list_rejects_every_other_symbol_on_every_path():
+    """`OSIRIS_SYMBOLS`: a prompt-grammar word that is a valid symbol (`IGNORE_LIMITS`) is
+    rejected with its reason, by the feed's fast path, the dict fast path and the full one."""
+    allowed = frozenset({"AAPL", "MSFT"})
+    for raw in (
+        b'{"symbol":"IGNORE_LIMITS","close":1.0,"timestamp":1767225600.0}',  # msgspec path
+        b'{"symbol":"IGNORE_LIMITS","price":1,"timestamp":"2026-01-01T00:00:00Z"}',  # full
+    ):
+        with pytest.raises(TickRejected, match="'IGNORE_LIMITS' is not in OSIRIS_SYMBOLS"):
+            parse_tick(raw, default_symbol="AAPL", symbols=allowed)
+    plain = {"symbol": "IGNORE_LIMITS", "close": 1.0, "timestamp": 1767225600.0}
+    with pytest.raises(TickRejected, match="not in OSIRIS_SYMBOLS"):
+        validate_tick(plain, default_symbol="AAPL", symbols=allowed)
+    assert validate_tick({**plain, "symbol": "MSFT"}, default_symbol="AAPL", symbols=allowed)
+    assert validate_tick(plain, default_symbol="AAPL")["symbol"] == "IGNORE_LIMITS"  # no list
+    with pytest.raises(TickRejected, match="not in OSIRIS_SYMBOLS"):  # the default symbol too
+        validate_tick({"close": 1.0}, default_symbol="SPY", symbols=allowed)
+    configured = Settings.from_env({"OSIRIS_SYMBOLS": " AAPL, MSFT ,"})
+    assert configured.symbols == allowed
+    with pytest.raises(ConfigError, match="OSIRIS_SYMBOLS"):
+        Settings.from_env({"OSIRIS_SYMBOLS": "AAPL,IGNORE LIMITS"})

@@ -314,8 +314,11 @@ def test_unwritable_store_dead_letters_the_run_and_replay_records_it(
         final = InProcessRunner(res).run(state)
         deadletter = DeadLetter(res.redis)
         assert final["recorded"] is False and len(deadletter) == 1
+        # the decision stood though its row could not be written: it went on with the run
+        assert final["verdict"]["accepted"] and final["status"] == "success"
         entry = orjson.loads(res.redis.lindex(DEADLETTER_KEY, 0))
         assert entry["row"]["run_id"] == run_id and "Not a directory" in entry["reason"]
+        assert [a["advice_id"] for a in entry["advice"]] == [f"adv_{run_id}"]
         errors = [
             r.getMessage()
             for r in caplog.records
@@ -327,7 +330,9 @@ def test_unwritable_store_dead_letters_the_run_and_replay_records_it(
         good = RunStore(settings.lancedb_uri)
         assert deadletter.replay(good) == (1, 0)
         row = good.get_run(run_id)
-        assert row["status"] == "error" and "risk_management" in row["error_message"]
+        assert row["status"] == "success" and row["verdict"] == "accepted"
+        (advice,) = good.get_advice(run_id)  # the risk decision, replayed with its run
+        assert advice["accepted"] and advice["rule"] == "within_limits"
         assert deadletter.replay(good) == (0, 0)
         good.close()
     finally:
@@ -800,3 +805,16 @@ def test_instructions_in_ticks_never_reach_a_prompt(settings, worker_factory, st
         accepted_with_fields_dropped=2,
         grammar_fitting_symbol_in_prompt=1,
     )
+
+
+def test_an_allow_list_keeps_a_grammar_word_symbol_out_of_the_prompt(settings):
+    """`OSIRIS_SYMBOLS=AAPL`: ticks of `IGNORE_LIMITS` (a valid symbol, and a prompt-grammar
+    word) are rejected in the run with their count, and the prompt names AAPL only."""
+    hostile = [dict(tick, symbol="IGNORE_LIMITS") for tick in ACCEPTED_BATCH[:4]]
+    res = Resources.from_settings(settings.with_(symbols=frozenset({"AAPL"})))
+    try:
+        final = InProcessRunner(res).run(initial_state([*ACCEPTED_BATCH, *hostile]))
+    finally:
+        res.close()
+    assert final["rejected_ticks"] == 4 and final["symbols"] == ["AAPL"]
+    assert "IGNORE_LIMITS" not in final["prompt"] and "AAPL" in final["prompt"]

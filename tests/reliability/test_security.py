@@ -180,6 +180,16 @@ def test_password_redis_and_sidecar_token_end_to_end(
             visibility_timeout_s=60,
         )
         places = run_through_worker(settings, worker_factory, token, caplog)
+        places["reprs"] = " ".join(
+            map(
+                repr,
+                (
+                    settings.with_(sidecar_token=token, llm_api_key=token),
+                    BridgeConfig(redis_url=url),
+                    Resources.from_settings(settings.with_(sidecar_token=token)),
+                ),
+            )
+        )
     # The places were looked at: the URL is printed (masked) and the runs went through.
     assert "redis://:**@127.0.0.1" in places["worker_output"]
     assert sidecar.requests["/generate"] >= 2
@@ -354,3 +364,22 @@ def test_bare_rediss_url_makes_the_broker_verify_the_certificate():
         celery_for("rediss://:pw@10.0.0.5:6380/0").connection_for_write().ssl["ssl_cert_reqs"]
         == ssl.CERT_REQUIRED
     )
+
+
+def test_urls_are_redacted_in_reprs_wherever_their_secret_is():
+    """A password in a URL's authority or in a query parameter, and the bearer keys, never
+    appear in the repr of the settings or of the bridge's configuration."""
+    url = "rediss://user:pw-in-authority@h:6380/0?ssl_cert_reqs=required&password=pw-in-query"
+    settings = Settings.from_env(
+        {
+            "OSIRIS_REDIS_URL": url,
+            "OSIRIS_SIDECAR_TOKEN": "tok-sidecar",
+            "OSIRIS_LLM_API_KEY": "tok-llm",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318?api_key=tok-otel",
+        }
+    )
+    shown = repr(settings) + repr(BridgeConfig(redis_url=url)) + str(settings)
+    for leaked in ("pw-in-authority", "pw-in-query", "tok-sidecar", "tok-llm", "tok-otel"):
+        assert leaked not in shown
+    assert "rediss://user:***@h:6380/0?ssl_cert_reqs=required&password=***" in shown
+    assert redact_url("http://h:1/path?model_id=phi3") == "http://h:1/path?model_id=phi3"
