@@ -237,7 +237,10 @@ def test_no_secret_in_errors_when_the_token_is_wrong_or_redis_is_gone(
         thread.join(20)
     finally:
         server.stop()
-    assert stranded["recorded"] is False and stranded["status"] == "error"
+    # the gate still decided (rejected: the LLM was not reachable, and neither is the book);
+    # nothing could be written, so its advice row goes with the run to the last resort, the log
+    assert stranded["recorded"] is False and stranded["status"] == "error_risk_rejected"
+    assert stranded["verdict"]["rule"] == "upstream_error" and stranded["unrecorded_advice"]
     assert "NOT RECORDED" in caplog.text  # the dead letter's last resort: the row in the log
     assert_nowhere(
         (password, wrong), logs=caplog.text, refused=repr(refused), stranded=repr(stranded)
