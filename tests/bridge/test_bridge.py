@@ -328,3 +328,43 @@ def test_end_to_end_with_a_real_worker(settings, worker_factory):
             wait_for(lambda: h.bridge.counters["inflight"] == 0, timeout_s=10)
     finally:
         store.close()
+
+
+def test_osiris_symbols_reaches_the_bridge_the_command_starts(settings):
+    """`OSIRIS_SYMBOLS=AAPL` in the environment of `osiris bridge`: a tick of `IGNORE_LIMITS`
+    is counted as rejected, with its reason, in the bridge's own stats; AAPL ticks are not."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO, settings_env
+
+    from osiris_tasks.keys import BRIDGE_STATS_KEY
+
+    env = {**settings_env(settings), "OSIRIS_SYMBOLS": "AAPL"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "osiris_tasks.tools.cli", "bridge", "--stats_interval_s", "0.2"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        wait_for(lambda: subscribed(client) or proc.poll() is not None, timeout_s=20)
+        assert proc.poll() is None
+        client.publish(CHANNEL, orjson.dumps(tick(symbol="IGNORE_LIMITS")))
+        client.publish(CHANNEL, orjson.dumps(tick(symbol="AAPL")))
+
+        def stats() -> dict[str, bytes]:
+            return {k.decode(): v for k, v in client.hgetall(BRIDGE_STATS_KEY).items()}
+
+        wait_for(lambda: float(stats().get("ticks_received", 0)) >= 2, timeout_s=10)
+        counted = stats()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        client.close()
+    assert float(counted["ticks_rejected"]) == 1
+    assert any(k.startswith("ticks_rejected.symbol_") for k in counted), counted
