@@ -24,6 +24,11 @@ PORTFOLIO_UPDATED_CHANNEL = "portfolio.updated"  # the paper book after a run's 
 RISK_HALTED_CHANNEL = "risk.halted"  # the kill switch was thrown (by an operator or a loss)
 RISK_RESUMED_CHANNEL = "risk.resumed"
 
+# Redis Streams.
+MARKET_STREAM = "osiris:market:ticks"  # ticks in with `--source stream`: `--market_stream`
+BRIDGE_GROUP = "osiris-bridge"  # the bridges' consumer group on the market stream
+EVENTS_STREAM = "osiris:events"  # OSIRIS_EVENTS_STREAM's usual name: every event, mirrored
+
 # Keys.
 NAV_KEY = "osiris:portfolio:nav"  # kept by the paper or an external book; read by the gate
 DAILY_PNL_KEY = "osiris:portfolio:daily_pnl"
@@ -37,6 +42,9 @@ TICKS_PREFIX = "osiris:ticks:"  # + run_id: a large batch's ticks (adapters/tick
 PUBLISHED_MARKER_PREFIX = "osiris:published:"  # + event_id: published once (adapters/events.py)
 DEADLETTER_KEY = "osiris:deadletter:runs"  # run rows LanceDB refused (adapters/deadletter.py)
 BRIDGE_STATS_KEY = "osiris:bridge:stats"  # hash: the bridge's counters
+BRIDGE_FORMED_PREFIX = "osiris:bridge:formed:"  # + stream:group: hash entry id -> its run_id
+BRIDGE_CLAIM_PREFIX = "osiris:bridge:claim:"  # + stream:group: the lock of one reclaimer
+EVENTS_OUTBOX_KEY = "osiris:events:outbox"  # list: events a run could not publish yet
 JOIN_PREFIX = "osiris:join:"  # + run_id: the evaluators' join (adapters/join.py)
 JOINS_DUE_KEY = "osiris:joins:due"  # sorted set: joins by deadline
 LOCK_PREFIX = "osiris:lock"  # + :<table>:<key>, :<table>, :maintain:...: the store's locks

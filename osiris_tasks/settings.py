@@ -55,6 +55,12 @@ MIN_STORE_CLEANUP_OLDER_THAN_S = 60.0
 # Batches of at least this many ticks travel by reference on the Celery path (tickstash.py; 0:
 # never). Below it the extra round trips (SET, GET, DEL) cost about what smaller messages save.
 DEFAULT_TICKS_BY_REFERENCE_MIN = 50
+# The market stream (`--source stream`): the producer trims it to about this many entries
+# (0: no cap); a dead bridge's unacknowledged entries are taken over after this long; who else
+# trims it ("acked": the bridge, entries every group acknowledged; "maxlen": nobody else).
+DEFAULT_MARKET_STREAM_MAXLEN = 1_000_000
+DEFAULT_STREAM_CLAIM_IDLE_S = 30.0
+STREAM_RETENTIONS = ("acked", "maxlen")
 # A run's parallel step (the evaluators) must have joined within this many visibility timeouts
 # plus one task time limit (a part redelivered after a killed worker, then run in full) before
 # a sweeper records the run with the parts it has (adapters/join.py).
@@ -107,6 +113,11 @@ class Settings:
     store_cleanup_older_than_s: float = DEFAULT_STORE_CLEANUP_OLDER_THAN_S
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
     ticks_by_reference_min: int = DEFAULT_TICKS_BY_REFERENCE_MIN
+    market_stream_maxlen: int = DEFAULT_MARKET_STREAM_MAXLEN
+    market_stream_retention: str = STREAM_RETENTIONS[0]
+    stream_claim_idle_s: float = DEFAULT_STREAM_CLAIM_IDLE_S
+    events_stream: str | None = None  # OSIRIS_EVENTS_STREAM: every event mirrored to this stream
+    events_stream_maxlen: int = DEFAULT_MARKET_STREAM_MAXLEN
     llm_backend: str = DEFAULT_LLM_BACKEND
     llm_base_url: str = DEFAULT_LLM_BASE_URL
     llm_api_key: str | None = field(default=None, repr=False)
@@ -172,6 +183,18 @@ class Settings:
             ),
             visibility_timeout_s=_int(
                 env, "OSIRIS_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S
+            ),
+            market_stream_maxlen=_int(
+                env, "OSIRIS_MARKET_STREAM_MAXLEN", DEFAULT_MARKET_STREAM_MAXLEN
+            ),
+            market_stream_retention=env.get("OSIRIS_MARKET_STREAM_RETENTION")
+            or STREAM_RETENTIONS[0],
+            stream_claim_idle_s=_float(
+                env, "OSIRIS_STREAM_CLAIM_IDLE_S", DEFAULT_STREAM_CLAIM_IDLE_S
+            ),
+            events_stream=env.get("OSIRIS_EVENTS_STREAM") or None,
+            events_stream_maxlen=_int(
+                env, "OSIRIS_EVENTS_STREAM_MAXLEN", DEFAULT_MARKET_STREAM_MAXLEN
             ),
             ticks_by_reference_min=_int(
                 env, "OSIRIS_TICKS_BY_REFERENCE_MIN", DEFAULT_TICKS_BY_REFERENCE_MIN
@@ -256,6 +279,17 @@ class Settings:
                 f"{MIN_STORE_CLEANUP_OLDER_THAN_S:g} s: a shorter window can drop a concurrent "
                 "writer's commit (lance-format/lance#3718)"
             )
+        if self.market_stream_maxlen < 0 or self.events_stream_maxlen < 0:
+            raise ConfigError(
+                "OSIRIS_MARKET_STREAM_MAXLEN and OSIRIS_EVENTS_STREAM_MAXLEN must be 0 (no cap) "
+                "or more"
+            )
+        if self.market_stream_retention not in STREAM_RETENTIONS:
+            raise ConfigError(
+                f"OSIRIS_MARKET_STREAM_RETENTION must be one of {', '.join(STREAM_RETENTIONS)}"
+            )
+        if self.stream_claim_idle_s < 1:
+            raise ConfigError("OSIRIS_STREAM_CLAIM_IDLE_S must be at least 1")
         if self.ticks_by_reference_min < 0:
             raise ConfigError("OSIRIS_TICKS_BY_REFERENCE_MIN must be 0 (never) or more")
         if self.llm_backend not in LLM_BACKENDS:

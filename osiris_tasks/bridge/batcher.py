@@ -27,6 +27,14 @@ Backpressure (`max_inflight=N`)
 Stop
     `drain()` turns every non-empty buffer (partial or held back) into a run, ignoring
     `max_inflight`, with one log line per batch (run_id, tick count).
+
+From a stream (`stream=` the stream's name)
+    Each tick comes with its entry id; a batch's run_id is derived from its entry ids
+    (`stream_run_id`) and the job carries them (the submitter acknowledges them). Nothing is
+    coalesced or held back: backpressure is the read loop's (it stops reading while
+    `max_inflight` runs are in flight; the stream keeps the rest). `reform` submits a batch
+    formed before a crash again, as it was. At stop, partial buffers are not formed: their
+    entries stay pending in the stream for the next reader, so each batch stays full.
 """
 
 from __future__ import annotations
@@ -35,12 +43,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from osiris_tasks.bridge.config import BridgeConfig
 from osiris_tasks.bridge.stats import BridgeCounters
-from osiris_tasks.domain.ids import new_run_id
+from osiris_tasks.domain.ids import new_run_id, stream_run_id
 from osiris_tasks.keys import ADVICE_CHANNEL
 from osiris_tasks.transport.serialization import EncodedList
 from osiris_tasks.workflow.state import initial_state
@@ -61,7 +69,8 @@ class Job:
 
     state: dict[str, Any]
     group: str
-    why: str  # "full", "max_wait" or "stop"
+    why: str  # "full", "max_wait", "stop" or "reformed"
+    entry_ids: list[str] = field(default_factory=list)  # its stream entries (stream source)
 
     @property
     def run_id(self) -> str:
@@ -78,16 +87,25 @@ class Batcher:
         *,
         clock: Callable[[], float],
         dispatch: Callable[[Job], None],
+        stream: str | None = None,
     ):
         self._config, self._counters = config, counters
         self._clock, self._dispatch = clock, dispatch
+        self._stream = stream
         self._buffers: dict[str, deque] = {}
+        self._entry_ids: dict[str, list[str]] = {}  # group -> its buffer's entry ids (stream)
         self._started_at: dict[str, float] = {}  # clock() at a buffer's first tick
         self._due: dict[str, str] = {}  # group -> why; insertion order is waiting order
         self._inflight: dict[str, float] = {}  # run_id -> monotonic time it was formed
 
-    def add(self, tick: dict[str, Any]) -> None:
-        """Buffer a validated tick; submit its group's batch if it is due and a slot is free."""
+    @property
+    def inflight(self) -> int:
+        """Runs formed and not yet finished (see `release`)."""
+        return len(self._inflight)
+
+    def add(self, tick: dict[str, Any], entry_id: str | None = None) -> None:
+        """Buffer a validated tick (with its stream entry id, from a stream); submit its
+        group's batch if it is due and a slot is free."""
         key = tick["symbol"] if self._config.group_by == "symbol" else ALL_SYMBOLS
         buffer = self._buffers.get(key)
         if buffer is None:
@@ -96,6 +114,8 @@ class Batcher:
         elif len(buffer) == buffer.maxlen:
             self._counters.incr("ticks_coalesced")  # held back: the oldest tick falls out
         buffer.append(tick)
+        if entry_id is not None:
+            self._entry_ids.setdefault(key, []).append(entry_id)
         if len(buffer) == buffer.maxlen and self._due.get(key) != "full":
             self._due[key] = "full"
             self._dispatch_due()
@@ -130,8 +150,34 @@ class Batcher:
             )
             self.release(run_id)
 
+    def reform(self, run_id: str, ticks: list[dict[str, Any]], entry_ids: list[str]) -> Job:
+        """Submit a batch formed before (from a stream, after a crash) again, as it was."""
+        created_at = self._clock()
+        state = initial_state(
+            EncodedList(ticks),
+            run_id=run_id,
+            created_at=created_at,
+            ttl_s=self._config.proposal_ttl_s,
+            copy_ticks=False,
+        )
+        group = ticks[0]["symbol"] if ticks and self._config.group_by == "symbol" else ALL_SYMBOLS
+        return self._start(Job(state, group, "reformed", entry_ids))
+
     def drain(self) -> None:
-        """At stop: every non-empty buffer becomes a run now, whatever is in flight."""
+        """At stop: every non-empty buffer becomes a run now, whatever is in flight (from a
+        stream: buffers are left, their entries pending for the next reader)."""
+        if self._stream is not None:
+            left = sum(len(buffer) for buffer in self._buffers.values())
+            if left:
+                logger.info(
+                    "%d buffered ticks left pending in %s for the next reader", left, self._stream
+                )
+            self._counters.incr("ticks_left_pending", left)
+            self._buffers.clear()
+            self._entry_ids.clear()
+            self._started_at.clear()
+            self._due.clear()
+            return
         for key in [*self._due, *(k for k in self._buffers if k not in self._due)]:
             job = self._form(key, "stop")
             logger.info(
@@ -143,7 +189,7 @@ class Batcher:
         self._due.clear()
 
     def _dispatch_due(self) -> None:
-        limit = self._config.max_inflight
+        limit = None if self._stream is not None else self._config.max_inflight
         while self._due and (limit is None or len(self._inflight) < limit):
             key = next(iter(self._due))
             self._form(key, self._due.pop(key))
@@ -152,18 +198,26 @@ class Batcher:
         # Encoded now: a formed run may wait for the submitter through a burst, and its JSON
         # is a third of its dicts' memory (the message carries the JSON as it is).
         ticks = EncodedList(self._buffers.pop(key))
+        entry_ids = self._entry_ids.pop(key, [])
         del self._started_at[key]
         created_at = self._clock()
+        run_id = (
+            stream_run_id(self._stream, entry_ids)
+            if self._stream is not None
+            else new_run_id(created_at)
+        )
         state = initial_state(
             ticks,
-            run_id=new_run_id(created_at),
+            run_id=run_id,
             created_at=created_at,
             ttl_s=self._config.proposal_ttl_s,
             copy_ticks=False,
         )
-        self._inflight[state["run_id"]] = time.monotonic()
-        self._counters.incr("ticks_batched", len(ticks))
+        return self._start(Job(state, key, why, entry_ids))
+
+    def _start(self, job: Job) -> Job:
+        self._inflight[job.run_id] = time.monotonic()
+        self._counters.incr("ticks_batched", len(job.state["ticks"]))
         self._counters.set("inflight", len(self._inflight))
-        job = Job(state, key, why)
         self._dispatch(job)
         return job

@@ -1,4 +1,4 @@
-"""The bridge: market ticks on Redis Pub/Sub in, one Celery run per batch out.
+"""The bridge: market ticks on Redis Pub/Sub (or a Redis Stream) in, one Celery run per batch out.
 
 Redis disconnects a Pub/Sub subscriber whose output buffer grows past its limit
 (`client-output-buffer-limit pubsub 32mb 8mb 60`), and Pub/Sub has no replay, so the read loop
@@ -14,6 +14,11 @@ Failures
     `reconnects`; ticks published during the gap are lost (Pub/Sub keeps nothing). A failed
     `submit` is the submitter's to retry.
 
+From a Redis Stream (`source="stream"`, see `stream`)
+    The same batching, from a consumer group: a tick is acknowledged once its run is with the
+    broker, a dead bridge's entries are taken over, and a batch formed before a crash is formed
+    again with the same run_id. Losing Redis loses nothing: the stream keeps what is published.
+
 Stop (`stop()`, which the CLI calls on SIGINT/SIGTERM)
     The bridge stops reading, has the batcher turn every non-empty buffer into a run, gives the
     submitter up to `drain_timeout_s` to submit everything queued, then logs the final
@@ -25,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import orjson
@@ -37,6 +43,7 @@ from osiris_tasks.bridge.config import BridgeConfig
 from osiris_tasks.bridge.pubsub_backlog import backlog
 from osiris_tasks.bridge.stats import BridgeCounters, RejectionLog, StatsReporter
 from osiris_tasks.bridge.stats import reason_key as reason_key  # importable from here, as before
+from osiris_tasks.bridge.stream import TICK_FIELD, Entry, StreamReader
 from osiris_tasks.bridge.submitter import Submitter
 from osiris_tasks.domain.ticks import parse_tick
 from osiris_tasks.errors import BridgeError, TickRejected
@@ -100,8 +107,27 @@ class Bridge:
         self._owns_client = redis_client is None
         self._redis = _client_for(config.redis_url) if redis_client is None else redis_client
         self._counters = BridgeCounters()
-        self._submitter = Submitter(submit, self._counters, submit_many)
-        self._batcher = Batcher(config, self._counters, clock=clock, dispatch=self._submitter.put)
+        self._reader: StreamReader | None = None
+        self._backlog: deque[Entry] = deque()  # read from the stream, waiting for a slot
+        hooks = {}
+        if config.source == "stream":
+            self._reader = StreamReader(
+                self._redis,
+                config.market_stream,
+                config.stream_group,
+                config.consumer,
+                claim_idle_s=config.claim_idle_s,
+                retention=config.stream_retention,
+            )
+            hooks = {"before": self._mark_formed, "after": self._ack_jobs, "durable": True}
+        self._submitter = Submitter(submit, self._counters, submit_many, **hooks)
+        self._batcher = Batcher(
+            config,
+            self._counters,
+            clock=clock,
+            dispatch=self._submitter.put,
+            stream=config.market_stream if config.source == "stream" else None,
+        )
         self._stats = StatsReporter(
             self._redis,
             self._counters,
@@ -130,7 +156,10 @@ class Bridge:
         logger.info(
             "bridge starting: %s ticks_per_proposal=%d group_by=%s max_wait_s=%s "
             "max_inflight=%s proposal_ttl_s=%s",
-            config.market_channel,
+            config.market_channel
+            if self._reader is None
+            else f"stream {config.market_stream} group {config.stream_group} "
+            f"consumer {config.consumer}",
             config.ticks_per_proposal,
             config.group_by,
             config.max_wait_s,
@@ -140,7 +169,10 @@ class Bridge:
         self._submitter.start()
         self._stats.start()
         try:
-            self._read_until_stopped()
+            if self._reader is None:
+                self._read_until_stopped()
+            else:
+                self._read_stream_until_stopped()
         finally:
             self._shutdown()
 
@@ -257,6 +289,156 @@ class Bridge:
             return
         self._batcher.add(tick)
 
+    # -- the stream source ----------------------------------------------------------------------
+
+    def _read_stream_until_stopped(self) -> None:
+        lost_at: float | None = None
+        delay_s, failures = RECONNECT_MIN_S, 0
+        while not self._stopping():
+            try:
+                self._stream_session(lost_at, failures)
+                return
+            except redis.AuthenticationError as exc:
+                raise BridgeError(f"Redis refused our credentials: {exc}") from exc
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failures += 1
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    logger.warning(
+                        "lost Redis at %s (%s); the stream keeps what is published meanwhile",
+                        redact_url(self._config.redis_url),
+                        exc,
+                    )
+                self._batcher.flush_aged()
+                self._sleep(delay_s)
+                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+
+    def _stream_session(self, lost_at: float | None, failures: int) -> None:
+        """Join the group, take back this consumer's pending entries, then read until stopped."""
+        reader = self._reader
+        reader.ensure_group()
+        advice = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            advice.subscribe(ADVICE_CHANNEL)
+            if lost_at is not None:
+                self._counters.incr("reconnects")
+                logger.warning(
+                    "reconnected to Redis after a %.2f s gap (%d failed attempts)",
+                    time.monotonic() - lost_at,
+                    failures,
+                )
+            self._on_returned(reader.own_pending())
+            self._pump_stream(reader, advice)
+        finally:
+            self._close(advice)
+
+    def _pump_stream(self, reader: StreamReader, advice: redis.client.PubSub) -> None:
+        """The stream's hot loop. While `max_inflight` runs are in flight nothing is batched:
+        entries already read wait in `_backlog` (held, so no one takes them over), the rest in
+        the stream."""
+        block_ms, next_housekeeping = int(POLL_INTERVAL_S * 1000), 0.0
+        while not self._stopping():
+            now = time.monotonic()
+            if now >= next_housekeeping:
+                self._read_advice(advice, timeout_s=0)
+                self._batcher.flush_aged()
+                self._batcher.expire()
+                self._on_returned(reader.tend())
+                next_housekeeping = now + POLL_INTERVAL_S
+            if self._full():
+                self._read_advice(advice, timeout_s=POLL_INTERVAL_S)
+            elif self._backlog:
+                self._on_entries([])
+            else:
+                self._on_entries(reader.read(block_ms))
+
+    def _full(self) -> bool:
+        limit = self._config.max_inflight
+        return limit is not None and self._batcher.inflight >= limit
+
+    def _read_advice(self, advice: redis.client.PubSub, *, timeout_s: float) -> None:
+        while (message := advice.get_message(timeout=timeout_s)) is not None:
+            self._on_advice(message["data"])
+            timeout_s = 0
+
+    def _on_entries(self, entries: list[Entry]) -> None:
+        """New entries (after those waiting in `_backlog`): each a tick to batch, or rejected
+        (and acknowledged at once); at `max_inflight` the rest wait in `_backlog`."""
+        backlog = self._backlog
+        backlog.extend(entries)
+        rejected = []
+        while backlog and not self._full():
+            entry_id, fields = backlog.popleft()
+            self._counters.incr("ticks_received")
+            tick = self._stream_tick(entry_id, fields)
+            if tick is None:
+                rejected.append(entry_id)
+            else:
+                self._batcher.add(tick, entry_id)
+        if rejected:
+            self._reader.ack(rejected)
+
+    def _stream_tick(self, entry_id: str, fields: dict[bytes, bytes]) -> dict | None:
+        data = fields.get(TICK_FIELD)
+        try:
+            if data is None:
+                raise TickRejected(f"stream entry {entry_id} has no 'tick' field")
+            return parse_tick(
+                data, default_symbol=self._config.default_symbol, symbols=self._config.symbols
+            )
+        except TickRejected as exc:
+            self._counters.reject(exc.reason)
+            self._log_rejection(exc, data or b"")
+            return None
+
+    def _on_returned(self, entries: list[Entry]) -> None:
+        """Entries read before (a restart, or a dead bridge's): a formed batch is formed again
+        as it was, with its run_id; the rest are batched like new ticks."""
+        if not entries:
+            return
+        self._counters.incr("ticks_reclaimed", len(entries))
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            logger.error(
+                "%d entries of %s were trimmed before anyone acknowledged them: their ticks "
+                "are lost (raise OSIRIS_MARKET_STREAM_MAXLEN)",
+                len(gone),
+                self._config.market_stream,
+            )
+            self._counters.incr("ticks_trimmed", len(gone))
+            self._reader.ack(gone)
+        live = [(entry_id, fields) for entry_id, fields in entries if fields]
+        formed: dict[str, list[Entry]] = {}
+        fresh: list[Entry] = []
+        for entry, run_id in zip(live, self._reader.formed_of([e[0] for e in live]), strict=True):
+            (formed.setdefault(run_id, []) if run_id else fresh).append(entry)
+        for run_id, batch in formed.items():
+            self._reform(run_id, batch)
+        self._on_entries(fresh)
+
+    def _reform(self, run_id: str, batch: list[Entry]) -> None:
+        ticks, entry_ids = [], []
+        for entry_id, fields in batch:
+            self._counters.incr("ticks_received")
+            if (tick := self._stream_tick(entry_id, fields)) is not None:
+                ticks.append(tick)
+                entry_ids.append(entry_id)
+        dropped = [entry_id for entry_id, _ in batch if entry_id not in entry_ids]
+        if ticks:
+            self._counters.incr("runs_reformed")
+            logger.info("run_id=%s formed again from %d stream entries", run_id, len(ticks))
+            self._batcher.reform(run_id, ticks, [*entry_ids, *dropped])
+        elif dropped:
+            self._reader.ack(dropped)
+
+    def _mark_formed(self, jobs: list) -> None:
+        self._reader.mark_formed((job.run_id, job.entry_ids) for job in jobs if job.entry_ids)
+
+    def _ack_jobs(self, jobs: list) -> None:
+        self._reader.ack([entry_id for job in jobs for entry_id in job.entry_ids])
+
+    # -- advice ----------------------------------------------------------------------------------
+
     def _on_advice(self, data: bytes) -> None:
         try:
             run_id = orjson.loads(data).get("run_id")
@@ -273,6 +455,9 @@ class Bridge:
             time.sleep(min(left, POLL_INTERVAL_S))
 
     def _shutdown(self) -> None:
+        if self._backlog:
+            self._counters.incr("ticks_left_pending", len(self._backlog))
+            self._backlog.clear()
         self._batcher.drain()
         self._submitter.close(self._config.drain_timeout_s)
         self._stats.close()

@@ -2,8 +2,11 @@
 
 Counters
     `ticks_received`, `ticks_rejected` (and `ticks_rejected.<reason>`), `ticks_batched`,
-    `ticks_coalesced`, `runs_submitted`, `submit_failures`, `runs_abandoned`, `reconnects` and
-    the gauge `inflight`: logged every `stats_interval_s` and written to the Redis hash
+    `ticks_coalesced`, `runs_submitted`, `submit_failures`, `runs_abandoned`, `reconnects`, the
+    gauge `inflight`, and from a stream `ticks_reclaimed` (entries read again after a crash),
+    `runs_reformed` (batches submitted again as formed), `ticks_left_pending` (buffered at stop,
+    for the next reader) and `ticks_trimmed` (trimmed away before anyone acknowledged them):
+    logged every `stats_interval_s` and written to the Redis hash
     `osiris:bridge:stats` (with `status` and `updated_at`); `Bridge.counters` is a snapshot.
 
 Rejected ticks
@@ -55,6 +58,10 @@ class BridgeCounters:
         "runs_abandoned",
         "reconnects",
         "inflight",
+        "ticks_reclaimed",
+        "runs_reformed",
+        "ticks_left_pending",
+        "ticks_trimmed",
     )
 
     def __init__(self) -> None:

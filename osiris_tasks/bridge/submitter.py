@@ -8,10 +8,15 @@ Failures
     retried with backoff (0.5 s doubling to 10 s); the batch is kept until it goes through or
     the bridge stops.
 
+Hooks (the stream source's)
+    `before(jobs)` runs just before jobs are submitted (a failure is a failed submit, retried);
+    `after(jobs)` once they are with the broker (it handles its own failures).
+
 Stop
     `close()` gives the submitter up to `drain_timeout_s` (10 s by default) to submit everything
     queued, retries included. Runs still unsubmitted then are logged one by one (run_id, tick
-    count) and counted as `runs_abandoned`.
+    count) and counted as `runs_abandoned`; with `durable=True` (a stream source) they are not
+    lost but left pending in the stream, and their ticks are counted as `ticks_left_pending`.
 """
 
 from __future__ import annotations
@@ -46,8 +51,13 @@ class Submitter:
         submit: Callable[[dict], None],
         counters: BridgeCounters,
         submit_many: Callable[[list[dict]], object] | None = None,
+        *,
+        before: Callable[[list[Job]], object] | None = None,
+        after: Callable[[list[Job]], object] | None = None,
+        durable: bool = False,
     ):
         self._submit, self._submit_many, self._counters = submit, submit_many, counters
+        self._before, self._after, self._durable = before, after, durable
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: dict[str, Job] = {}  # queued or being retried, by run_id
         self._lock = threading.Lock()
@@ -71,13 +81,18 @@ class Submitter:
         with self._lock:
             leftover, self._pending = list(self._pending.values()), {}
         for job in leftover:
-            logger.error(
-                "run_id=%s NOT submitted: %d ticks (group %s) dropped at stop",
+            logger.log(
+                logging.WARNING if self._durable else logging.ERROR,
+                "run_id=%s NOT submitted: %d ticks (group %s) %s at stop",
                 job.run_id,
                 len(job.state["ticks"]),
                 job.group,
+                "left pending in the stream" if self._durable else "dropped",
             )
-        self._counters.incr("runs_abandoned", len(leftover))
+        if self._durable:
+            self._counters.incr("ticks_left_pending", sum(len(j.state["ticks"]) for j in leftover))
+        else:
+            self._counters.incr("runs_abandoned", len(leftover))
 
     def _work(self) -> None:
         closing = False
@@ -101,6 +116,8 @@ class Submitter:
     def _submit_together(self, jobs: list[Job]) -> bool:
         """One `submit_many` call for `jobs`; False if it failed (any of them may be out)."""
         try:
+            if self._before is not None:
+                self._before(jobs)
             self._submit_many([job.state for job in jobs])
         except Exception as exc:  # `submit_many` is the caller's: the jobs go one by one
             self._counters.incr("submit_failures")
@@ -110,12 +127,16 @@ class Submitter:
             return False
         for job in jobs:
             self._done(job, 1)
+        if self._after is not None:
+            self._after(jobs)
         return True
 
     def _submit_until_done(self, job: Job) -> None:
         delay_s, attempt = SUBMIT_BACKOFF_MIN_S, 1
         while not self._abort.is_set():
             try:
+                if self._before is not None:
+                    self._before([job])
                 self._submit(job.state)
             except Exception as exc:  # `submit` is the caller's: any failure is retried
                 self._counters.incr("submit_failures")
@@ -131,6 +152,8 @@ class Submitter:
                 delay_s, attempt = min(delay_s * 2, SUBMIT_BACKOFF_MAX_S), attempt + 1
                 continue
             self._done(job, attempt)
+            if self._after is not None:
+                self._after([job])
             return
 
     def _done(self, job: Job, attempt: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from osiris_tasks.keys import MARKET_CHANNEL
+from osiris_tasks.keys import BRIDGE_GROUP, MARKET_CHANNEL, MARKET_STREAM
 from osiris_tasks.obs.logs import setup_logging
 from osiris_tasks.settings import LLM_BACKENDS, Settings
 
@@ -51,6 +52,10 @@ def _sidecar_parser(sub) -> None:
 def _bridge_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "redis_url", default=None, help="default: OSIRIS_REDIS_URL")
     _flag(p, "market_channel", default=MARKET_CHANNEL)
+    _flag(p, "source", choices=("pubsub", "stream"), default="pubsub", help="where ticks come from")
+    _flag(p, "market_stream", default=MARKET_STREAM, help="the stream read with --source stream")
+    _flag(p, "stream_group", default=BRIDGE_GROUP, help="the bridges' consumer group")
+    _flag(p, "consumer", default=None, help="this bridge's name in the group (default: host name)")
     _flag(p, "ticks_per_proposal", type=int, default=10)
     _flag(p, "max_wait_s", type=float, default=None, help="submit a partial batch this old")
     _flag(p, "group_by", choices=("symbol", "none"), default="symbol")
@@ -67,6 +72,8 @@ def _sim_parser(sub) -> None:
     p = sub.add_parser("sim", help="publish simulated or replayed ticks")
     _flag(p, "redis_url", default=None, help="default: OSIRIS_REDIS_URL")
     _flag(p, "market_channel", default=MARKET_CHANNEL)
+    _flag(p, "sink", choices=("pubsub", "stream"), default="pubsub", help="where ticks go")
+    _flag(p, "market_stream", default=MARKET_STREAM, help="the stream written with --sink stream")
     _flag(p, "symbols", default="AAPL,MSFT,NVDA", help="comma-separated (synthetic ticks)")
     _flag(p, "rate", type=float, default=20.0, help="ticks per second; 0 = as fast as possible")
     _flag(p, "duration", type=float, default=None, help="seconds (default: until the end/Ctrl-C)")
@@ -210,6 +217,12 @@ def cmd_bridge(args, settings: Settings) -> int:
         max_inflight=args.max_inflight,
         stats_interval_s=args.stats_interval_s,
         symbols=settings.symbols,
+        source=args.source,
+        market_stream=args.market_stream,
+        stream_group=args.stream_group,
+        consumer=args.consumer or socket.gethostname(),
+        claim_idle_s=settings.stream_claim_idle_s,
+        stream_retention=settings.market_stream_retention,
     )
     bridge = Bridge(
         config,
@@ -239,16 +252,18 @@ def cmd_sim(args, settings: Settings) -> int:
     else:
         ticks = synthetic_ticks(args.symbols.split(","), seed=args.seed, volatility=args.volatility)
     client = redis_client(args.redis_url or settings.redis_url)
+    target = args.market_channel if args.sink == "pubsub" else args.market_stream
     count = publish(
         client,
-        args.market_channel,
+        target,
         ticks,
+        stream_maxlen=settings.market_stream_maxlen if args.sink == "stream" else None,
         rate_per_s=args.rate or None,
         duration_s=args.duration,
         max_ticks=args.max_ticks,
         stop=stop,
     )
-    Console(stderr=True).print(f"published {count} ticks on {args.market_channel}")
+    Console(stderr=True).print(f"published {count} ticks on {target}")
     return 0
 
 

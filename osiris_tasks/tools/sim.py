@@ -180,8 +180,12 @@ def publish(
     duration_s: float | None,
     max_ticks: int | None = None,
     stop: threading.Event | None = None,
+    stream_maxlen: int | None = None,
 ) -> int:
     """Publish `ticks` on `channel` as JSON, `rate_per_s` a second (None: as fast as possible).
+    With `stream_maxlen` (`--sink stream`; 0: no cap), `channel` is a Redis Stream instead: each
+    tick is an entry whose field `tick` holds its JSON, the stream trimmed to about
+    `stream_maxlen` entries (`XADD MAXLEN ~`).
 
     PUBLISHes are pipelined in groups covering 10 ms of pacing (at most 500). Stops when
     `duration_s` has passed, `max_ticks` are published, `stop` is set or `ticks` ends; returns
@@ -200,7 +204,7 @@ def publish(
         size = group if max_ticks is None else min(group, max_ticks - published)
         if size <= 0:
             break
-        sent = _publish_group(client, channel, ticks, size, published)
+        sent = _publish_group(client, channel, ticks, size, published, stream_maxlen)
         published += sent
         if sent < size or (max_ticks is not None and published >= max_ticks):
             break
@@ -213,13 +217,22 @@ def publish(
 
 
 def _publish_group(
-    client: redis.Redis, channel: str, ticks: Iterator[dict], size: int, published: int
+    client: redis.Redis,
+    channel: str,
+    ticks: Iterator[dict],
+    size: int,
+    published: int,
+    stream_maxlen: int | None,
 ) -> int:
-    """PUBLISH up to `size` ticks from `ticks` in one round trip; return how many."""
+    """PUBLISH (or XADD) up to `size` ticks from `ticks` in one round trip; return how many."""
     pipe = client.pipeline(transaction=False)
     sent = 0
+    maxlen = stream_maxlen or None
     for tick in ticks:
-        pipe.publish(channel, orjson.dumps(tick))
+        if stream_maxlen is None:
+            pipe.publish(channel, orjson.dumps(tick))
+        else:
+            pipe.xadd(channel, {"tick": orjson.dumps(tick)}, maxlen=maxlen, approximate=True)
         sent += 1
         if sent >= size:
             break
