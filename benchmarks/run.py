@@ -26,6 +26,7 @@ from . import (
     runner_bench,
     sidecar_bench,
     store_bench,
+    stream_bench,
 )
 from .env import bench_settings, embedded_redis, sidecar_process
 from .report import Report
@@ -41,6 +42,7 @@ BENCHMARKS = (
     "cache",
     "book",
     "backtest",
+    "stream",
 )
 # Sizes per mode: quick finishes in about five minutes on two cores.
 SIZES = {
@@ -56,6 +58,7 @@ SIZES = {
         "cache": cache_bench.QUICK_ROWS,
         "book": book_bench.QUICK,
         "backtest": backtest_bench.QUICK,
+        "stream": stream_bench.QUICK,
     },
     False: {
         "store": store_bench.FULL,
@@ -69,6 +72,7 @@ SIZES = {
         "cache": cache_bench.FULL_ROWS,
         "book": book_bench.FULL,
         "backtest": backtest_bench.FULL,
+        "stream": stream_bench.FULL,
     },
 }
 
@@ -113,6 +117,8 @@ def run_suite(report: Report, only: tuple[str, ...]) -> None:
                 with tempfile.TemporaryDirectory(prefix="osiris-bench-") as workdir:
                     settings = bench_settings(redis_url, sidecar_url, workdir)
                     backtest_bench.run(report, sizes=sizes["backtest"], settings=settings)
+            elif name == "stream":
+                stream_bench.run(report, sizes=sizes["stream"], redis_url=redis_url)
             elif name == "book":
                 book_bench.run(
                     report, sizes=sizes["book"], redis_url=redis_url, sidecar_url=sidecar_url

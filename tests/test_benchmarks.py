@@ -226,3 +226,15 @@ def test_backtest_benchmark_at_tiny_sizes_replays_from_the_cache(redis_url, tmp_
         backtest_bench.run(report, sizes=backtest_bench.TINY, settings=settings)
     (bare, cached, year) = report.figures
     assert cached.baseline == bare.name and cached.value > 0 and year.unit == "min"
+
+
+def test_stream_benchmark_at_tiny_sizes_loses_nothing(redis_url):
+    from benchmarks import stream_bench
+
+    report = Report(quick=True)
+    stream_bench.run(report, sizes=stream_bench.TINY, redis_url=redis_url)
+    figures = {f.name: f for f in report.figures}
+    bridge = next(f for name, f in figures.items() if name.startswith("osiris bridge --source"))
+    assert bridge.params["runs_queued"] == 300  # 3,000 ticks over three symbols, 10 a run
+    restart = next(f for name, f in figures.items() if name.startswith("bridge restarted"))
+    assert 0 < restart.value < 30

@@ -16,7 +16,7 @@ import redis
 
 from osiris_tasks.adapters.completions import CompletionCache, CompletionStage
 from osiris_tasks.adapters.deadletter import DeadLetter
-from osiris_tasks.adapters.events import EventBus
+from osiris_tasks.adapters.events import EventBus, EventOutbox
 from osiris_tasks.adapters.join import RunJoin
 from osiris_tasks.adapters.llm import ChatCompletionsBackend
 from osiris_tasks.adapters.portfolio import BookConfig, Portfolio
@@ -59,6 +59,7 @@ class Resources:
     sidecar: SidecarClient
     portfolio: Portfolio
     bus: EventBus
+    outbox: EventOutbox
     deadletter: DeadLetter
     limits: RiskLimits
     stash: TickStash
@@ -125,7 +126,12 @@ class Resources:
                     max_daily_loss_pct=settings.max_daily_loss_pct,
                 ),
             ),
-            bus=EventBus(client),
+            bus=EventBus(
+                client,
+                stream=settings.events_stream,
+                stream_maxlen=settings.events_stream_maxlen,
+            ),
+            outbox=EventOutbox(client),
             deadletter=DeadLetter(client),
             limits=RiskLimits(
                 settings.max_position_size_pct,

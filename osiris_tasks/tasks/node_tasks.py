@@ -24,10 +24,11 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from osiris_tasks.adapters.events import EventBus, EventOutbox
 from osiris_tasks.adapters.join import RunJoin
 from osiris_tasks.adapters.resources import Resources, redis_client
 from osiris_tasks.adapters.tts import speak_assessment
-from osiris_tasks.errors import JoinError, StoreError
+from osiris_tasks.errors import EventError, JoinError, StoreError
 from osiris_tasks.keys import DEFAULT_QUEUE
 from osiris_tasks.obs import telemetry
 from osiris_tasks.tasks.canvas import submit_after_join, submit_continuation, topology
@@ -38,7 +39,7 @@ from osiris_tasks.workflow.guard import guarded
 from osiris_tasks.workflow.nodes import error_entry
 from osiris_tasks.workflow.state import apply_update, apply_updates
 
-__all__ = ["JoinSweeper", "NodeTask", "resources", "speak", "sweep_overdue_joins"]
+__all__ = ["EventRelay", "JoinSweeper", "NodeTask", "resources", "speak", "sweep_overdue_joins"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +58,8 @@ JOIN_RETRY_MIN_S = 0.25
 JOIN_RETRY_MAX_S = 2.0
 # How often a worker of the default queue looks for overdue joins (a cheap ZRANGEBYSCORE).
 JOIN_SWEEP_INTERVAL_S = 5.0
+# How often a worker relays the event outbox (events an outage kept back; adapters/events.py).
+OUTBOX_RELAY_INTERVAL_S = 1.0
 
 _resources: Resources | None = None
 
@@ -275,6 +278,47 @@ class JoinSweeper(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(JoinSweeper)
+
+
+class EventRelay(bootsteps.StartStopStep):
+    """In a worker that consumes the default queue: every `OUTBOX_RELAY_INTERVAL_S`, publish
+    the events an outage kept back (`adapters/events.EventOutbox`); one relay at a time across
+    workers. On the worker's timer, with a Redis client of its own."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any):
+        super().__init__(worker, **kwargs)
+        self._tref: Any = None
+        self._outbox: EventOutbox | None = None
+        self._bus: EventBus | None = None
+
+    def start(self, worker: Any) -> None:
+        if DEFAULT_QUEUE not in worker.app.amqp.queues.consume_from:
+            return
+        settings = settings_of(worker.app)
+        client = redis_client(settings.redis_url)
+        self._outbox = EventOutbox(client)
+        self._bus = EventBus(
+            client, stream=settings.events_stream, stream_maxlen=settings.events_stream_maxlen
+        )
+        self._tref = worker.timer.call_repeatedly(OUTBOX_RELAY_INTERVAL_S, self._relay)
+
+    def _relay(self) -> None:
+        try:
+            self._outbox.relay(self._bus)
+        except EventError as exc:  # Redis still away: the next pass tries again
+            logger.warning("relaying the event outbox failed: %s", exc.message)
+        except Exception:  # never the worker's end
+            logger.exception("relaying the event outbox failed")
+
+    def stop(self, worker: Any) -> None:
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+
+
+app.steps["worker"].add(EventRelay)
 
 
 def _speak_fn():

@@ -24,7 +24,7 @@ from osiris_tasks.domain.numbers import finite_number
 from osiris_tasks.domain.proposal import build_prompt, parse_completion
 from osiris_tasks.domain.risk import Holdings, RiskLimits, Verdict, assess
 from osiris_tasks.domain.ticks import validate_tick
-from osiris_tasks.errors import OsirisError, ProposalInvalid, StoreError, TickRejected
+from osiris_tasks.errors import EventError, OsirisError, ProposalInvalid, StoreError, TickRejected
 from osiris_tasks.keys import (
     ADVICE_CHANNEL,
     ORDER_FILLED_CHANNEL,
@@ -38,7 +38,7 @@ from osiris_tasks.workflow.state import UPSTREAM_ERROR_RULE, apply_update, run_s
 if TYPE_CHECKING:  # the adapters are given to the nodes: the workflow imports none of them
     from osiris_tasks.adapters.completions import CompletionStage
     from osiris_tasks.adapters.deadletter import DeadLetter
-    from osiris_tasks.adapters.events import EventBus
+    from osiris_tasks.adapters.events import EventBus, EventOutbox
     from osiris_tasks.adapters.portfolio import Portfolio
     from osiris_tasks.adapters.sidecar import SidecarClient
     from osiris_tasks.adapters.tickstash import TickStash
@@ -51,6 +51,7 @@ __all__ = [
     "query_market",
     "record_run",
     "risk_management",
+    "send_events",
     "error_entry",
     "run_row",
     "score_proposal",
@@ -64,7 +65,15 @@ State = Mapping[str, Any]
 # State keys with a column of their own in `orchestrator_runs`, left out of `final_output`
 # (`ticks_ref` is where the ticks of `input_query` were kept).
 SEPARATE_COLUMNS = frozenset(
-    {"ticks", "ticks_ref", "prompt", "raw_completion", "llm_calls", "unrecorded_advice"}
+    {
+        "ticks",
+        "ticks_ref",
+        "prompt",
+        "raw_completion",
+        "llm_calls",
+        "unrecorded_advice",
+        "unsent_events",
+    }
 )
 
 
@@ -295,14 +304,16 @@ def publish_events(
     bus: EventBus,
     speak: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
-    """Publish the run's events; ask `speak` (when TTS is on) to voice the assessment."""
+    """Publish the run's events; ask `speak` (when TTS is on) to voice the assessment. Events
+    Redis refuses go on in the state (`unsent_events`) for `record_run` to put in the outbox:
+    an outage delays them, never drops them."""
     run_id, status = state["run_id"], run_status(state)
-    events = [bus.publish_once(ADVICE_CHANNEL, advice_event(state, status), run_id=run_id)]
+    events = [bus.encode(ADVICE_CHANNEL, advice_event(state, status), run_id=run_id)]
     assessment = state.get("assessment")
     if assessment:
         tx = assessment["transaction_id"]
         events.append(
-            bus.publish_once(
+            bus.encode(
                 PROPOSAL_CREATED_CHANNEL,
                 {
                     **(state.get("proposal") or {}),
@@ -313,7 +324,7 @@ def publish_events(
             )
         )
         events.append(
-            bus.publish_once(
+            bus.encode(
                 PROPOSAL_ASSESSED_CHANNEL,
                 {
                     "proposal_transaction_id": tx,
@@ -323,28 +334,52 @@ def publish_events(
                 run_id=run_id,
             )
         )
-        if speak is not None:
-            speak(run_id=run_id, transaction_id=tx, text=assessment["hermes_assessment"])
     events += book_events(state, bus)
-    return {"events": events, "status": status}
+    sent, unsent = send_events(bus, events, run_id)
+    if assessment and speak is not None and not unsent:
+        speak(run_id=run_id, transaction_id=tx, text=assessment["hermes_assessment"])
+    update = {"events": sent + [_ref(e, queued=True) for e in unsent], "status": status}
+    return {**update, "unsent_events": unsent} if unsent else update
 
 
-def book_events(state: State, bus: EventBus) -> list[dict[str, Any]]:
+def send_events(
+    bus: EventBus, events: list[dict[str, str]], run_id: str
+) -> tuple[list[dict], list[dict[str, str]]]:
+    """Send encoded events in order until Redis refuses one: (refs of those sent, the rest)."""
+    sent: list[dict] = []
+    for i, event in enumerate(events):
+        try:
+            sent.append(bus.send(event))
+        except EventError as exc:
+            logger.warning(
+                "run_id=%s %s; %d events kept for the outbox (%s)",
+                run_id,
+                exc.message,
+                len(events) - i,
+                ", ".join(e["channel"] for e in events[i:]),
+            )
+            return sent, events[i:]
+    return sent, []
+
+
+def _ref(event: Mapping[str, str], **extra: Any) -> dict[str, Any]:
+    return {"channel": event["channel"], "event_id": event["event_id"], **extra}
+
+
+def book_events(state: State, bus: EventBus) -> list[dict[str, str]]:
     """`order.filled` per fill (its id is the order's run_id), `portfolio.updated` after them,
-    `risk.halted` if the run threw the kill switch."""
+    `risk.halted` if the run threw the kill switch: encoded, to send."""
     run_id, events = state["run_id"], []
     for fill in state.get("fills") or ():
         events.append(
-            bus.publish_once(
+            bus.encode(
                 ORDER_FILLED_CHANNEL, {**fill, "filled_in_run_id": run_id}, run_id=fill["fill_id"]
             )
         )
     if state.get("fills") and state.get("book_after"):
-        events.append(
-            bus.publish_once(PORTFOLIO_UPDATED_CHANNEL, state["book_after"], run_id=run_id)
-        )
+        events.append(bus.encode(PORTFOLIO_UPDATED_CHANNEL, state["book_after"], run_id=run_id))
     if state.get("halted"):
-        events.append(bus.publish_once(RISK_HALTED_CHANNEL, state["halted"], run_id=run_id))
+        events.append(bus.encode(RISK_HALTED_CHANNEL, state["halted"], run_id=run_id))
     return events
 
 
@@ -385,11 +420,14 @@ def record_run(
     deadletter: DeadLetter,
     stash: TickStash | None = None,
     completions: CompletionStage | None = None,
+    outbox: EventOutbox | None = None,
+    bus: EventBus | None = None,
     final: bool = True,
 ) -> dict[str, Any]:
     """Write the run to `orchestrator_runs` (idempotent by run_id), its ticks read back from
     the `stash` if they went by reference (and forgotten there once written); its fills to
-    `fills`; its completions to the cache's stage.
+    `fills`; its completions to the cache's stage; the events `publish_events` could not send
+    to the `outbox`, which it then relays on `bus`.
 
     On the `final` attempt a write that fails goes to the dead-letter list instead of being lost,
     and ticks that cannot be read back are recorded as an error, never made up.
@@ -428,10 +466,40 @@ def record_run(
         written = None
     if ticks_json is not None:
         stash.delete(ref)
+    _queue_events(outbox, bus, state, final)
     if written is None:
         return {**update, "recorded": False, "status": row["status"]}
     logger.info("run_id=%s recorded status=%s (new row: %s)", run_id, row["status"], written)
     return {**update, "recorded": True, "status": row["status"]}
+
+
+def _queue_events(
+    outbox: EventOutbox | None, bus: EventBus | None, state: State, final: bool
+) -> None:
+    """Put the run's unsent events in the outbox and relay it. Redis still down: retried with
+    the task (as a storage failure); on the `final` attempt the events are logged in full."""
+    unsent, run_id = state.get("unsent_events"), state["run_id"]
+    if not unsent or outbox is None:
+        return
+    try:
+        outbox.put(unsent)
+    except EventError as exc:
+        if not final:
+            raise StoreError(exc.message, run_id=run_id, node="record_run") from exc
+        logger.critical(
+            "run_id=%s %d events NOT published and NOT queued (%s): %s",
+            run_id,
+            len(unsent),
+            exc.message,
+            orjson.dumps(unsent).decode(),
+        )
+        return
+    logger.info("run_id=%s %d events queued in the outbox", run_id, len(unsent))
+    if bus is not None:
+        try:
+            outbox.relay(bus)
+        except EventError as exc:  # queued: a worker's relay sends them
+            logger.warning("run_id=%s relaying the outbox failed: %s", run_id, exc.message)
 
 
 def _record_completions(

@@ -109,6 +109,8 @@ NODES = (
             "deadletter": r.deadletter,
             "stash": r.stash,
             "completions": r.completions,
+            "outbox": r.outbox,
+            "bus": r.bus,
             "final": b.final,
         },
     ),

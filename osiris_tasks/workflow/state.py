@@ -60,7 +60,8 @@ class RunState(TypedDict, total=False):
     score: float | None
     expired: bool
     status: str
-    events: list[dict]  # [{"channel", "event_id"}] published for this run
+    events: list[dict]  # [{"channel", "event_id"}] published (or `queued`) for this run
+    unsent_events: list[dict]  # events Redis refused: record_run puts them in the outbox
     recorded: bool
     errors: Annotated[list[dict], operator.add]  # [{"node", "type", "message"}]
     # One entry per LLM call that answered: role, backend, model, prompt_tokens,
