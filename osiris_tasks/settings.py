@@ -312,8 +312,9 @@ class Settings:
             raise ConfigError("OSIRIS_JOIN_DEADLINE_S must be positive (or unset)")
         if self.sidecar_retry_budget_s >= self.visibility_timeout_s:
             raise ConfigError(
-                "OSIRIS_VISIBILITY_TIMEOUT_S must exceed the sidecar retry budget "
-                f"({self.sidecar_retry_budget_s:g} s), or tasks are delivered twice"
+                f"OSIRIS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s} s) must exceed "
+                f"OSIRIS_SIDECAR_RETRY_BUDGET_S ({self.sidecar_retry_budget_s:g} s), or tasks "
+                "are delivered twice: raise the first or lower the second"
             )
         return self
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
 from celery.signals import setup_logging
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from osiris_tasks.keys import DEFAULT_QUEUE, QUEUES, TTS_QUEUE
 from osiris_tasks.obs.logs import setup_logging as configure_logging
@@ -23,7 +23,15 @@ from osiris_tasks.transport import broker, results
 from osiris_tasks.transport.serialization import SERIALIZER, register_serializer
 from osiris_tasks.workflow.registry import NODES
 
-__all__ = ["QUEUES", "app", "celery_config", "configure", "settings_of", "task_name"]
+__all__ = [
+    "QUEUES",
+    "app",
+    "celery_config",
+    "configure",
+    "drop_stale_bindings",
+    "settings_of",
+    "task_name",
+]
 
 # Chord parts' results live in the backend only until the join reads them.
 RESULT_EXPIRES_S = 3600
@@ -83,8 +91,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        "task_queues": [Queue(name) for name in QUEUES],
+        # Each queue on an exchange of its own, bound by its own name: a message's exchange and
+        # routing key name one queue, also when kombu restores an unacknowledged message.
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES
+        ],
         "task_default_queue": DEFAULT_QUEUE,
+        "task_default_exchange": DEFAULT_QUEUE,
+        "task_default_routing_key": DEFAULT_QUEUE,
         "task_routes": {
             **{
                 task_name(node.name): {"queue": node.queue}
@@ -115,6 +129,18 @@ def configure(celery: Celery, settings: Settings) -> Celery:
     celery._backend_cache = None
     celery._local.backend = None
     return celery
+
+
+def drop_stale_bindings(client: Any) -> int:
+    """Remove the bindings of the layout before per-queue exchanges (every queue bound to
+    `osiris.default`'s exchange and routing key, so a restored message went to all three) from
+    the broker's Redis (`client`); how many. Workers call it at start."""
+    sep = "\x06\x16"  # kombu's Redis binding separator: routing key, pattern, queue
+    stale = [sep.join([DEFAULT_QUEUE, "", queue]) for queue in QUEUES if queue != DEFAULT_QUEUE]
+    removed = 0
+    for table in ("_kombu.binding.", "_kombu.binding_permanent."):
+        removed += client.srem(table + DEFAULT_QUEUE, *stale)
+    return removed
 
 
 def settings_of(celery: Celery) -> Settings:

