@@ -4,6 +4,11 @@ A completion is keyed by the backend, the model, the node's role and the request
 messages or prompt, the sampling parameters, the structured-output schema): everything that
 decides what a model may answer, and nothing that does not (the run_id, the server's URL, the
 time). A backtest that asks what a live run asked finds what the model answered it.
+
+The prompt's text is part of the request, so a change to the prompt's format (symbols quoted as
+data, a reworded instruction) changes the key by itself: a completion cached for the old text is
+never served for the new one. No format version is in the key: it would add nothing for the
+requests that changed and throw away the cached answers of those that did not (the evaluators').
 """
 
 from __future__ import annotations

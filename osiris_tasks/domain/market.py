@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -58,13 +59,14 @@ def summarize(ticks: Iterable[Tick]) -> dict[str, dict[str, Any]]:
 
 
 def summary_text(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    """One line per symbol: `SYM n=.. first=.. last=.. high=.. low=.. vwap=.. ret_pct=..
-    vol_pct=.. span_s=..`. Only validated numbers and symbols appear."""
+    """One line per symbol: `"SYM" n=.. first=.. last=.. high=.. low=.. vwap=.. ret_pct=..
+    vol_pct=.. span_s=..`. Only validated numbers and symbols appear; the symbol is quoted (a
+    JSON string), so a symbol named like a word of a prompt reads as data."""
     lines = []
     for symbol, s in summary.items():
         vwap = "na" if s["vwap"] is None else f"{s['vwap']:.4f}"
         lines.append(
-            f"{symbol} n={s['ticks']} first={s['first']:.4f} last={s['last']:.4f} "
+            f"{json.dumps(symbol)} n={s['ticks']} first={s['first']:.4f} last={s['last']:.4f} "
             f"high={s['high']:.4f} low={s['low']:.4f} vwap={vwap} "
             f"ret_pct={s['return_pct']:+.4f} vol_pct={s['volatility_pct']:.4f} "
             f"span_s={s['span_s']:.1f}"

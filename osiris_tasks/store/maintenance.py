@@ -8,15 +8,27 @@ version's manifest lists every fragment, so n appends leave O(n^2) bytes of mani
 `cleanup_older_than_s` with the files only they used, and brings the scalar indices up to date
 with the rows appended since the last run (rows not indexed yet are still found, by a scan).
 
-Safe while other processes append, as long as the cleanup cut-off is longer than any commit
-takes: a compaction commits as a rewrite of the fragments it read, which lance rebases over
-concurrent appends; the appends' rows are never part of it. Cleanup keeps the latest version
-and every version newer than the cut-off, and never deletes files no version refers to (an
-append in flight) until they are a week old. But it does delete older manifests, and a writer
-that chose its version number before they went commits into the freed number, below the
-latest version, where no reader looks (lance-format/lance#3718; seen here with a cut-off of 0 s
-and three processes on a loaded machine: 3 of 22 runs lost one batch, `add()` returning
-normally). So `Settings` refuses a cut-off under 60 s; 0 is for a store with one writer only.
+Safe while other processes append: a compaction commits as a rewrite of the fragments it
+read, which lance rebases over concurrent appends; the appends' rows are never part of it.
+Cleanup keeps the latest version and every version newer than the cut-off, and never deletes
+files no version refers to (an append in flight) until they are a week old. But it does delete
+older manifests, and a commit can write its manifest into a number freed that way, below the
+latest version, where no reader looks, `add()` returning normally (lance-format/lance#3718;
+seen here with a cut-off of 0 s and three processes on a loaded machine: 3 of 22 runs lost one
+batch; `tests/store/test_stalled_commit.py` makes it happen every time).
+
+When that can happen: a lance commit loads the latest version N, stamps its manifest with the
+time and writes it as N+1 only if no file has that name. For the name to be free again,
+another commit must have written N+1 after this one loaded N, and cleanup must have deleted it
+(stamped before the cut-off, no longer the latest) before this one writes. So the two commits'
+spans, from loading (or stamping) to writing, add up to more than the cut-off, less however far
+the other writer's clock runs behind the cleaner's. `RunStore` checks every commit that took more
+than a tenth of the cut-off (`VERIFY_FRACTION`): it looks the keys up in the latest version and
+appends the missing rows again (`RunStore._commit`). What is left: a quicker commit can lose its
+rows if another commit to the same table took nine tenths of the cut-off and a cleanup ran
+between the two writes. `Settings` refuses a cut-off under 60 s, which keeps the checks rare
+and that case to commits stalled for 54 s or more (clocks agreeing); with 0, every commit is
+checked.
 A reader still on a version older than the cut-off fails and reopens (`RunStore` retries it).
 
 `RunStore.maintain()` runs this under a lock, so one process does it at a time (the writers'

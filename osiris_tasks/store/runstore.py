@@ -23,6 +23,11 @@ Guarantees, and what they rest on:
   commit, the others wait for it. Threads sharing a store (a `--pool threads` worker) thus batch
   their writes with no added latency, and a call still returns only once its row is committed
   (or raises).
+* **A slow commit is checked.** A commit that took more than a tenth of
+  `cleanup_older_than_s` may have landed in a version number cleanup had just freed, below the
+  latest version, where no reader looks (lance-format/lance#3718): the writer looks its keys up
+  in the latest version and appends the missing rows again, still holding their claims
+  (`RunStore._commit`; `maintenance.py` says what is left).
 * **Maintenance.** Every append makes a fragment and a version; every
   `maintain_every_commits` commits to a table (counted in Redis across processes), the store
   runs `maintain()` on a background thread (`maintenance_schedule.py`): compaction, cleanup of
@@ -149,6 +154,11 @@ CLAIM_POLL_MAX_S = 0.2
 # replaced after this many runs and stopped after this long without one.
 MAINTENANCE_PROCESS_RUNS = 10
 MAINTENANCE_PROCESS_IDLE_S = 60.0
+# A commit that took longer than this fraction of the cleanup window is checked afterwards (its
+# rows may be missing from the latest version: lance-format/lance#3718, `RunStore._commit`).
+# An unchecked commit can be lost only if another commit took the other 90 % (`maintenance.py`);
+# checking every commit would add an indexed query to each.
+VERIFY_FRACTION = 0.1
 # recent_runs looks for the newest rows this far back first, then in the whole table.
 RECENT_WINDOWS_S = (60.0, 3600.0)
 # What lance raises for commit conflicts, creation races and I/O trouble: worth a retry.
@@ -191,6 +201,7 @@ class RunStore:
         self._max_attempts = max(1, max_attempts)
         self._maintain_every_commits = max(0, maintain_every_commits)
         self._cleanup_older_than_s = cleanup_older_than_s
+        self._verify_after_s = cleanup_older_than_s * VERIFY_FRACTION
         self.reset_after_fork()
 
     # -- writes ---------------------------------------------------------------------------
@@ -294,29 +305,54 @@ class RunStore:
         commit), so `tried` collects the keys each attempt appended, a retry looks every key
         up, and a key it finds that an earlier attempt appended is this write's too.
         """
-        key_column = TABLES[table].key
-        keys = rows[key_column].to_pylist()
+        keys = rows[TABLES[table].key].to_pylist()
         handle = self._table(table)
-        unknown = [key for key in keys if tried or key not in fresh]
-        present = (
-            set(
-                handle.search()
-                .where(in_filter(key_column, unknown))
-                .select([key_column])
-                .limit(len(unknown))
-                .to_arrow()[key_column]
-                .to_pylist()
-            )
-            if unknown
-            else set()
-        )
+        present = _present(handle, table, [key for key in keys if tried or key not in fresh])
         landed = [key for key in keys if key in present and key in tried]
         absent = [index for index, key in enumerate(keys) if key not in present]
         tried.update(keys[index] for index in absent)
         if absent:
-            handle.add(rows.take(absent))
-            self._schedule.count_commit(table)
+            self._commit(table, handle, rows.take(absent))
         return [keys[index] for index in absent] + landed
+
+    def _commit(self, table: str, handle: LanceTable, rows: pa.Table) -> None:
+        """Append `rows` in one commit; after a slow one, append again the rows the latest
+        version lacks (lance-format/lance#3718), until none is missing.
+
+        A commit that took longer than `VERIFY_FRACTION` of the cleanup window may have
+        written its manifest into a version number cleanup had just freed, below the latest
+        version, where no reader looks: `add()` returns normally and the rows are gone. A
+        faster commit can land there only if another commit to the table took the rest of the
+        window (`maintenance.py` has the reasoning). The handle reads the latest version
+        (`read_consistency_interval=0`), and the caller holds the keys' claims, so no other
+        writer adds them meanwhile and none is written twice.
+        """
+        key_column = TABLES[table].key
+        for _ in range(self._max_attempts):
+            started = time.monotonic()
+            handle.add(rows)
+            took_s = time.monotonic() - started
+            self._schedule.count_commit(table)
+            if took_s <= self._verify_after_s:
+                return
+            keys = rows[key_column].to_pylist()
+            present = _present(handle, table, keys)
+            rows = rows.filter(pa.array([key not in present for key in keys], pa.bool_()))
+            if rows.num_rows == 0:
+                return
+            log.warning(
+                "%s: %s row(s) of a commit that took %.1f s are missing from the latest version "
+                "(lance-format/lance#3718), appending them again %s",
+                table,
+                rows.num_rows,
+                took_s,
+                ids_text(rows["run_id"].to_pylist()),
+            )
+        raise StoreError(
+            f"{table}: {rows.num_rows} row(s) still missing from the latest version after "
+            f"{self._max_attempts} slow commits (lance-format/lance#3718)",
+            run_id=one_run_id(rows["run_id"].to_pylist()),
+        )
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -576,6 +612,21 @@ class RunStore:
             raise StoreError(
                 f"lock {lock.name} still held after {self._lock_timeout_s}s", run_id=run_id
             )
+
+
+def _present(handle: LanceTable, table: str, keys: list[str]) -> set[str]:
+    """Which of `keys` the latest version of `table` holds (one indexed `IN` query)."""
+    if not keys:
+        return set()
+    key_column = TABLES[table].key
+    found = (
+        handle.search()
+        .where(in_filter(key_column, keys))
+        .select([key_column])
+        .limit(len(keys))
+        .to_arrow()
+    )
+    return set(found[key_column].to_pylist())
 
 
 def _connect(uri: str) -> lancedb.DBConnection:

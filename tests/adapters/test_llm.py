@@ -26,7 +26,7 @@ from osiris_tasks.workflow.nodes import record_run
 
 PROMPT = (
     "PORTFOLIO nav=100000.00 daily_pnl=0.00 max_position_pct=1.0000 max_daily_loss_pct=2.0000\n"
-    "MARKET\nAAPL last=100.0 ret_pct=+0.1000 vol_pct=0.5000\nEND MARKET\n"
+    'MARKET\n"AAPL" last=100.0 ret_pct=+0.1000 vol_pct=0.5000\nEND MARKET\n'
 )
 KEY = "sk-test-0123456789abcdef"
 CHAT = "/v1/chat/completions"

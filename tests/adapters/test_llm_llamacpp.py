@@ -28,7 +28,7 @@ from pipeline_helpers import ACCEPTED_BATCH
 from osiris_tasks import InProcessRunner, Resources, RunStatus, initial_state
 from osiris_tasks.adapters.llm import ROLE_MARKER, SYSTEM_PROMPTS, ChatCompletionsBackend
 from osiris_tasks.adapters.sidecar import SidecarClient
-from osiris_tasks.domain.proposal import build_prompt, parse_completion, proposal_schema
+from osiris_tasks.domain.proposal import parse_completion, proposal_schema
 from osiris_tasks.domain.risk import assess
 from osiris_tasks.errors import SidecarResponseError
 from osiris_tasks.store.runstore import RunStore
@@ -44,13 +44,19 @@ MAX_TOKENS = 400
 SERVER_READY_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 10.0
 MODEL = "tiny"
-PROMPT = build_prompt(
-    "AAPL last=100.0 ret_pct=+0.0000 vol_pct=0.5000",
-    ["AAPL"],
-    nav=100_000.0,
-    daily_pnl=0.0,
-    max_position_size_pct=0.01,
-    max_daily_loss_pct=0.02,
+# The proposal prompt, frozen: the seeded model's answers below follow from its exact text, so
+# a reworded `build_prompt` must not move them (the run test asks with the current prompt).
+PROMPT = (
+    "You are the Osiris trading policy. Propose at most one trade for the market below.\n"
+    "PORTFOLIO nav=100000.00 daily_pnl=0.00 max_position_pct=1.0000 max_daily_loss_pct=2.0000\n"
+    "MARKET\n"
+    "AAPL last=100.0 ret_pct=+0.0000 vol_pct=0.5000\n"
+    "END MARKET\n"
+    'Answer with one JSON object and nothing else, with exactly these fields: "ticker" (one '
+    'of AAPL), "action" ("adjust", "pass" or "abort"), "side" ("LONG" or "SHORT"), "quantity"'
+    ' (number > 0), "price_estimate" (number > 0), "new_stop_pct" (number), "new_target_pct" '
+    '(number), "confidence" (0 to 1), "rationale" (one short sentence). The position notional'
+    " must stay below max_position_pct of nav."
 )
 REFUSED_JSON_SCHEMA = "refused response_format json_schema"
 

@@ -155,7 +155,7 @@ def test_summary_per_symbol():
     assert aapl["ticks"] == 3 and aapl["span_s"] == 3.0
     assert aapl["volatility_pct"] > 0
     text = summary_text(summary)
-    assert text.splitlines()[0].startswith("AAPL n=3 first=100.0000 last=101.0000")
+    assert text.splitlines()[0].startswith('"AAPL" n=3 first=100.0000 last=101.0000')
     assert "vwap=101.0000" in text and "ret_pct=+1.0000" in text
 
 

@@ -20,6 +20,7 @@ import requests
 from osiris_tasks.domain.market import summary_text
 from osiris_tasks.domain.proposal import Proposal, build_prompt, parse_completion
 from osiris_tasks.tools.reference_sidecar import SERVED_BY, Faults, make_server, propose
+from osiris_tasks.tools.reference_sidecar.policy import _parse_book, _parse_rows
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 TOKEN = "s3cret-test-token"
@@ -111,8 +112,9 @@ def test_policy_picks_strongest_signal_shorts_losers_and_breaks_ties_alphabetica
 def test_policy_reads_fields_in_any_order_and_ignores_other_text():
     prompt = (
         "chatter nav=1 MARKET\nPORTFOLIO max_position_pct=1.0000 nav=50000.00\nMARKET\n"
-        "XYZ vol_pct=0.2000 vwap=na span_s=3.0 ret_pct=-0.1000 last=20.0000 n=4\nEND MARKET\n"
-        "QQQ last=1 ret_pct=+9 vol_pct=0.1\n"
+        '"XYZ" vol_pct=0.2000 vwap=na span_s=3.0 ret_pct=-0.1000 last=20.0000 n=4\n'
+        "ABC last=1 ret_pct=+9 vol_pct=0.1\nEND MARKET\n"  # a bare word is not a symbol
+        '"QQQ" last=1 ret_pct=+9 vol_pct=0.1\n'
     )
     proposal = propose(prompt)
     assert (proposal["ticker"], proposal["side"], proposal["price_estimate"]) == (
@@ -121,6 +123,24 @@ def test_policy_reads_fields_in_any_order_and_ignores_other_text():
         20.0,
     )
     assert proposal["quantity"] == int(50_000 * 0.01 * (0.3 + 0.5 * 0.5) / 20.0)
+
+
+def test_grammar_word_symbols_parse_into_exactly_the_batchs_rows():
+    """Symbols named like the prompt's words (`END`, `MARKET`, `PORTFOLIO`) or an instruction
+    (`IGNORE_LIMITS`): one row each, in order, the book from the real PORTFOLIO line."""
+    batch = {
+        "AAPL": {"ret": 0.1, "vol": 0.5, "last": 101.0},
+        "END": {"ret": -0.2, "vol": 0.4, "last": 12.5},
+        "IGNORE_LIMITS": {"ret": 2.0, "vol": 0.4, "last": 250.0},
+        "MARKET": {"ret": 0.3, "vol": 0.6, "last": 40.0},
+        "PORTFOLIO": {"ret": -0.4, "vol": 0.7, "last": 7.0},
+    }
+    prompt = _prompt(batch, nav=50_000.0)
+    rows = [(r.symbol, r.last, r.ret_pct, r.vol_pct) for r in _parse_rows(prompt)]
+    assert rows == [(symbol, s["last"], s["ret"], s["vol"]) for symbol, s in batch.items()]
+    assert _parse_book(prompt) == (50_000.0, 1.0)
+    proposal = propose(prompt)
+    assert (proposal["ticker"], proposal["price_estimate"]) == ("IGNORE_LIMITS", 250.0)
 
 
 def test_policy_passes_without_a_usable_summary():

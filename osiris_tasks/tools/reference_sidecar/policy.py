@@ -43,7 +43,9 @@ PORTFOLIO_RE = re.compile(r"^[ \t]*PORTFOLIO\b(.*)$", re.MULTILINE)
 MARKET_BLOCK_RE = re.compile(
     r"^[ \t]*MARKET[ \t]*$(.*?)(?:^[ \t]*END MARKET[ \t]*$|\Z)", re.MULTILINE | re.DOTALL
 )
-SYMBOL_LINE_RE = re.compile(r"^\s*([A-Za-z0-9._-]{1,16})\s+(\w+=.*)$")
+# A market line: the symbol quoted, as the prompt shows it (`"AAPL" n=10 last=..`); a bare
+# word is never read as a symbol, so no symbol can pass for a section marker.
+SYMBOL_LINE_RE = re.compile(r'^\s*"([A-Za-z0-9._-]{1,16})"\s+(\w+=.*)$')
 FIELD_RE = re.compile(r"(\w+)=(\S+)")
 
 
@@ -78,7 +80,7 @@ def _parse_book(prompt: str) -> tuple[float, float] | None:
 
 
 def _parse_rows(prompt: str) -> list[_Row]:
-    """One row per symbol line between MARKET and END MARKET, in prompt order."""
+    """One row per quoted-symbol line between MARKET and END MARKET, in prompt order."""
     block = MARKET_BLOCK_RE.search(prompt)
     rows = []
     for line in block.group(1).splitlines() if block else []:
@@ -128,7 +130,8 @@ def _adjust(row: _Row, quantity: int) -> dict[str, Any]:
 
 
 def propose(prompt: str) -> dict[str, Any]:
-    """The stand-in's proposal for a prompt holding a PORTFOLIO line and a MARKET block.
+    """The stand-in's proposal for a prompt holding a PORTFOLIO line and a MARKET block of
+    quoted-symbol lines (`"AAPL" n=.. last=.. ret_pct=.. vol_pct=..`, as `build_prompt` writes).
 
     Picks the symbol with the largest `|ret_pct| / max(vol_pct, 0.05)` (ties alphabetical) and
     sizes it at `max_position_pct * (0.3 + 0.5 * min(strength, 2.6))` of NAV, so weak signals
