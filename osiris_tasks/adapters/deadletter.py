@@ -57,7 +57,14 @@ class DeadLetter:
 
     def replay(self, store) -> tuple[int, int]:
         """Write every dead-lettered run (its advice rows first) to `store`; return
-        `(replayed, left)`. Idempotent: a row already there is not written again."""
+        `(replayed, left)`. Idempotent: a row already there is not written again. Redis
+        unreachable raises `StoreError`."""
+        try:
+            return self._replay(store)
+        except redis.RedisError as exc:
+            raise StoreError(f"the dead-letter list {self._key} is unreachable: {exc}") from exc
+
+    def _replay(self, store) -> tuple[int, int]:
         replayed = 0
         while (entry := self._redis.lindex(self._key, 0)) is not None:
             kept = orjson.loads(entry)

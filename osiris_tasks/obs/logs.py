@@ -1,4 +1,5 @@
-"""Logging set-up for every process: plain or JSON lines, with `run_id` as a field."""
+"""Logging set-up for every process: plain or JSON lines, with `run_id` as a field and, inside a
+Celery task, `task_id` and `task_name`."""
 
 from __future__ import annotations
 
@@ -11,24 +12,35 @@ from pythonjsonlogger.json import JsonFormatter
 __all__ = ["setup_logging"]
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+# `task_id` and `task_name` are not listed: a record carries them only inside a task, and the
+# JSON formatter writes every such extra attribute as a field.
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s %(run_id)s"
 RUN_ID_RE = re.compile(r"run_id=(\S+)")
 
 
 class RunIdFilter(logging.Filter):
-    """Gives every record a `run_id`: from the running Celery task, else from the message."""
+    """Gives every record a `run_id` (from the running Celery task, else from the message) and,
+    inside a Celery task, that task's `task_id` and `task_name`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        task = _current_task()
+        if task is not None:
+            record.task_id = getattr(task.request, "id", None)
+            record.task_name = task.name
         if getattr(record, "run_id", None) is None:
-            record.run_id = _task_run_id() or _message_run_id(record)
+            record.run_id = _task_run_id(task) or _message_run_id(record)
         return True
 
 
-def _task_run_id() -> str | None:
-    from celery import current_task
+def _current_task():
+    """The Celery task this thread runs, if any (as `celery.app.log.TaskFormatter` finds it).
+    A process that never imported Celery runs none: it is not imported for the question."""
+    state = sys.modules.get("celery._state")
+    return None if state is None else state.get_current_task()
 
-    request = getattr(current_task, "request", None)
-    kwargs = getattr(request, "kwargs", None) or {}
+
+def _task_run_id(task) -> str | None:
+    kwargs = getattr(getattr(task, "request", None), "kwargs", None) or {}
     return kwargs.get("run_id") if isinstance(kwargs, dict) else None
 
 

@@ -11,18 +11,22 @@ import csv
 import logging
 import math
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from osiris_tasks.errors import ConfigError, EventError
 
-__all__ = ["publish", "replay_ticks", "synthetic_ticks"]
+__all__ = ["progress_line", "publish", "replay_ticks", "synthetic_ticks"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,8 @@ SNIFF_BYTES = 4096
 PUBLISH_WINDOW_S = 0.01
 # ...but never more than this many per round trip (also the group size when unpaced).
 MAX_PUBLISH_GROUP = 500
+# `osiris sim`'s progress line is redrawn at most this often.
+PROGRESS_REFRESH_PER_S = 4
 
 
 def synthetic_ticks(
@@ -181,6 +187,7 @@ def publish(
     max_ticks: int | None = None,
     stop: threading.Event | None = None,
     stream_maxlen: int | None = None,
+    on_published: Callable[[int], None] | None = None,
 ) -> int:
     """Publish `ticks` on `channel` as JSON, `rate_per_s` a second (None: as fast as possible).
     With `stream_maxlen` (`--sink stream`; 0: no cap), `channel` is a Redis Stream instead: each
@@ -189,7 +196,8 @@ def publish(
 
     PUBLISHes are pipelined in groups covering 10 ms of pacing (at most 500). Stops when
     `duration_s` has passed, `max_ticks` are published, `stop` is set or `ticks` ends; returns
-    how many were published. A Redis failure raises `EventError`.
+    how many were published. `on_published(count)`, when given, hears the running count after
+    each round trip. A Redis failure raises `EventError`.
     """
     if rate_per_s is not None and rate_per_s <= 0:
         raise ConfigError("rate_per_s must be positive (or None for no pacing)")
@@ -206,6 +214,8 @@ def publish(
             break
         sent = _publish_group(client, channel, ticks, size, published, stream_maxlen)
         published += sent
+        if on_published is not None:
+            on_published(published)
         if sent < size or (max_ticks is not None and published >= max_ticks):
             break
         if rate_per_s is not None:
@@ -244,6 +254,54 @@ def _publish_group(
                 f"publishing to {channel} failed after {published} ticks: {exc}"
             ) from exc
     return sent
+
+
+@contextmanager
+def progress_line(
+    console: Console, target: str, *, enabled: bool = True
+) -> Iterator[Callable[[int], None]]:
+    """A live line on `console` while ticks are published: how many, and the rate since the
+    start, redrawn at most PROGRESS_REFRESH_PER_S times a second and gone when done. Yields
+    `publish`'s `on_published`; draws nothing unless `enabled` and `console` is a terminal."""
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("published {task.completed:,.0f} ticks on {task.description}"),
+        TextColumn("{task.fields[rate]:,.0f} ticks/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        refresh_per_second=PROGRESS_REFRESH_PER_S,
+        disable=not (enabled and console.is_terminal),
+    )
+    task = progress.add_task(target, total=None, rate=0.0)
+    started = time.monotonic()
+
+    def on_published(count: int) -> None:
+        elapsed_s = time.monotonic() - started
+        progress.update(task, completed=count, rate=count / elapsed_s if elapsed_s else 0.0)
+
+    with progress, _logs_above_the_line():
+        yield on_published
+
+
+@contextmanager
+def _logs_above_the_line() -> Iterator[None]:
+    """While a live display proxies sys.stderr, the root logger's handlers on the real stderr
+    write through the proxy, which prints their lines above the display instead of into it."""
+    proxy = sys.stderr
+    original = getattr(proxy, "rich_proxied_file", None)
+    handlers = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and original is not None and h.stream is original
+    ]
+    for handler in handlers:
+        handler.setStream(proxy)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.setStream(original)
 
 
 def _sleep_until(when: float, deadline: float, stop: threading.Event | None) -> None:
