@@ -27,6 +27,7 @@ Stop (`stop()`, which the CLI calls on SIGINT/SIGTERM)
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -43,7 +44,7 @@ from osiris_tasks.bridge.config import BridgeConfig
 from osiris_tasks.bridge.pubsub_backlog import backlog
 from osiris_tasks.bridge.stats import BridgeCounters, RejectionLog, StatsReporter
 from osiris_tasks.bridge.stats import reason_key as reason_key  # importable from here, as before
-from osiris_tasks.bridge.stream import TICK_FIELD, Entry, StreamReader
+from osiris_tasks.bridge.stream import Entry, StreamReader, tick_data
 from osiris_tasks.bridge.submitter import Submitter
 from osiris_tasks.domain.ticks import parse_tick
 from osiris_tasks.errors import BridgeError, TickRejected
@@ -57,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 # Longest the read loop blocks without checking stop, max_wait_s and in-flight expiry.
 POLL_INTERVAL_S = 0.1
+# Parsed in place of a stream entry without a `tick` field: rejected, as not JSON.
+_NO_TICK_FIELD = b"\x00"
 # Most messages the read loop takes straight from the connection between two get_message calls.
 MAX_BUFFERED_READS = 1000
 # Reconnect backoff after losing Redis: doubles from MIN to MAX.
@@ -109,6 +112,9 @@ class Bridge:
         self._counters = BridgeCounters()
         self._reader: StreamReader | None = None
         self._backlog: deque[Entry] = deque()  # read from the stream, waiting for a slot
+        self._parse_tick = functools.partial(
+            parse_tick, default_symbol=config.default_symbol, symbols=config.symbols
+        )
         hooks = {}
         if config.source == "stream":
             self._reader = StreamReader(
@@ -364,32 +370,34 @@ class Bridge:
     def _on_entries(self, entries: list[Entry]) -> None:
         """New entries (after those waiting in `_backlog`): each a tick to batch, or rejected
         (and acknowledged at once); at `max_inflight` the rest wait in `_backlog`."""
+        if self._config.max_inflight is None:
+            self._batch_entries(entries)
+            return
         backlog = self._backlog
         backlog.extend(entries)
-        rejected = []
         while backlog and not self._full():
-            entry_id, fields = backlog.popleft()
-            self._counters.incr("ticks_received")
-            tick = self._stream_tick(entry_id, fields)
-            if tick is None:
+            self._batch_entries([backlog.popleft()])
+
+    def _batch_entries(self, entries: list[Entry]) -> None:
+        """The stream's hot path: decode, validate and batch each entry's tick."""
+        parse, add, rejected = self._parse_tick, self._batcher.add, []
+        for entry_id, fields in entries:
+            try:
+                tick = parse(tick_data(fields) or _NO_TICK_FIELD)
+            except TickRejected as exc:
+                self._reject(exc, fields)
                 rejected.append(entry_id)
-            else:
-                self._batcher.add(tick, entry_id)
+                continue
+            add(tick, entry_id)
+        self._counters.incr("ticks_received", len(entries))
         if rejected:
             self._reader.ack(rejected)
 
-    def _stream_tick(self, entry_id: str, fields: dict[bytes, bytes]) -> dict | None:
-        data = fields.get(TICK_FIELD)
-        try:
-            if data is None:
-                raise TickRejected(f"stream entry {entry_id} has no 'tick' field")
-            return parse_tick(
-                data, default_symbol=self._config.default_symbol, symbols=self._config.symbols
-            )
-        except TickRejected as exc:
-            self._counters.reject(exc.reason)
-            self._log_rejection(exc, data or b"")
-            return None
+    def _reject(self, exc: TickRejected, fields: list[bytes] | None) -> None:
+        if tick_data(fields) is None:
+            exc = TickRejected("stream entry has no 'tick' field", sample=repr(fields)[:80])
+        self._counters.reject(exc.reason)
+        self._log_rejection(exc, tick_data(fields) or b"")
 
     def _on_returned(self, entries: list[Entry]) -> None:
         """Entries read before (a restart, or a dead bridge's): a formed batch is formed again
@@ -418,11 +426,14 @@ class Bridge:
 
     def _reform(self, run_id: str, batch: list[Entry]) -> None:
         ticks, entry_ids = [], []
+        self._counters.incr("ticks_received", len(batch))
         for entry_id, fields in batch:
-            self._counters.incr("ticks_received")
-            if (tick := self._stream_tick(entry_id, fields)) is not None:
-                ticks.append(tick)
-                entry_ids.append(entry_id)
+            try:
+                ticks.append(self._parse_tick(tick_data(fields) or _NO_TICK_FIELD))
+            except TickRejected as exc:
+                self._reject(exc, fields)
+                continue
+            entry_ids.append(entry_id)
         dropped = [entry_id for entry_id, _ in batch if entry_id not in entry_ids]
         if ticks:
             self._counters.incr("runs_reformed")
@@ -435,7 +446,10 @@ class Bridge:
         self._reader.mark_formed((job.run_id, job.entry_ids) for job in jobs if job.entry_ids)
 
     def _ack_jobs(self, jobs: list) -> None:
-        self._reader.ack([entry_id for job in jobs for entry_id in job.entry_ids])
+        self._reader.ack(
+            [entry_id for job in jobs for entry_id in job.entry_ids],
+            [job.run_id for job in jobs if job.entry_ids],
+        )
 
     # -- advice ----------------------------------------------------------------------------------
 

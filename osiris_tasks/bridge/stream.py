@@ -13,11 +13,12 @@ Reading (`XREADGROUP`, group `--stream_group`, consumer `--consumer`)
 
 A batch is formed once
     Before a run is submitted, its entry ids are written to a hash (`osiris:bridge:formed:
-    <stream>:<group>`, entry id -> run_id) and its run_id is derived from them
+    <stream>:<group>`, run_id -> its entry ids) and its run_id is derived from them
     (`stream_run_id`). After a crash the entries come back (below); those of a formed batch
     form exactly that batch again, with the same run_id, so a run submitted before the crash
     and again after is recorded once (the pipeline de-duplicates by run_id). The others are
-    batched as new ticks. `XACK` and the hash's `HDEL` go in one transaction.
+    batched as new ticks. `XACK` and the hash's `HDEL` go in one transaction, so the hash holds
+    only the batches formed and not yet acknowledged.
 
 Coming back
     At start a bridge reads its own pending entries (its consumer name is stable across
@@ -38,12 +39,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 
 from osiris_tasks.keys import BRIDGE_CLAIM_PREFIX, BRIDGE_FORMED_PREFIX
 
-__all__ = ["READ_COUNT", "TICK_FIELD", "Entry", "StreamReader"]
+__all__ = ["READ_COUNT", "TICK_FIELD", "Entry", "StreamReader", "tick_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +56,38 @@ READ_COUNT = 1000
 # How often acknowledged entries are trimmed (retention "acked").
 TRIM_INTERVAL_S = 10.0
 
-Entry = tuple[str, dict[bytes, bytes]]  # (entry id, fields); fields empty: the entry is gone
+# (entry id, its fields as Redis sends them: [name, value, ...]); no fields: the entry is gone
+# (trimmed while pending). Ids stay bytes: decoded only where a run_id is derived from them.
+Entry = tuple[bytes, list[bytes] | None]
 
 
 def _id(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def _entries(raw: Iterable) -> list[Entry]:
-    return [(_id(entry_id), fields or {}) for entry_id, fields in raw]
+def _entries(reply: Any) -> list[Entry]:
+    """The entries of a raw XREADGROUP reply (RESP2: [[stream, entries]]; RESP3: a map)."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else (entries for _, entries in reply)
+    return [(entry_id, fields) for entries in streams for entry_id, fields in entries]
+
+
+def tick_data(fields: list[bytes] | None) -> bytes | None:
+    """The tick's JSON in an entry's fields (the `tick` field), or None."""
+    if fields and fields[0] == TICK_FIELD:  # what osiris sim writes: the only field
+        return fields[1]
+    pairs = dict(zip(fields[::2], fields[1::2], strict=False)) if fields else {}
+    return pairs.get(TICK_FIELD)
+
+
+def _raw_client(client: redis.Redis) -> redis.Redis:
+    """A client on `client`'s pool whose XREADGROUP / XAUTOCLAIM replies are left as Redis
+    sent them: redis-py would build a dict per entry (its cost is a fifth of the bridge's)."""
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    for command in ("XREADGROUP", "XAUTOCLAIM"):
+        raw.response_callbacks.pop(command, None)
+    return raw
 
 
 class StreamReader:
@@ -83,11 +108,13 @@ class StreamReader:
     ):
         self.stream, self.group, self.consumer = stream, group, consumer
         self._redis, self._claim_idle_s, self._retention = client, claim_idle_s, retention
+        self._raw = _raw_client(client)
         self._formed_key = f"{BRIDGE_FORMED_PREFIX}{stream}:{group}"
         self._claim_lock = f"{BRIDGE_CLAIM_PREFIX}{stream}:{group}"
         self._lock = threading.Lock()
-        self._held: dict[str, None] = {}
-        self._unacked: list[str] = []  # acknowledgements that failed, retried by `tend`
+        self._held: dict[bytes, None] = {}
+        self._unacked: list[bytes] = []  # acknowledgements that failed, retried by `tend`
+        self._unformed: list[str] = []  # and the batches they would have forgotten
         self._next_refresh = self._next_claim = self._next_trim = 0.0
 
     # -- reading -----------------------------------------------------------------------------
@@ -105,12 +132,12 @@ class StreamReader:
         """The entries this consumer read before and never acknowledged (after a restart; after
         a reconnect, those it does not hold already)."""
         found: list[Entry] = []
-        after = "0"
+        after: bytes | str = "0"
         while True:
-            reply = self._redis.xreadgroup(
+            reply = self._raw.xreadgroup(
                 self.group, self.consumer, {self.stream: after}, count=READ_COUNT
             )
-            batch = _entries(reply[0][1]) if reply else []
+            batch = _entries(reply)
             found += batch
             if len(batch) < READ_COUNT:
                 break
@@ -121,10 +148,10 @@ class StreamReader:
 
     def read(self, block_ms: int) -> list[Entry]:
         """New entries (at most READ_COUNT), waiting up to `block_ms` for the first."""
-        reply = self._redis.xreadgroup(
+        reply = self._raw.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=READ_COUNT, block=block_ms
         )
-        return self._take(_entries(reply[0][1])) if reply else []
+        return self._take(_entries(reply)) if reply else []
 
     def reclaim(self) -> list[Entry]:
         """Entries idle longer than `claim_idle_s` (a dead bridge's), now this consumer's; one
@@ -133,16 +160,17 @@ class StreamReader:
         if not self._redis.set(self._claim_lock, self.consumer, nx=True, px=lock_ms):
             return []
         try:
-            found, start = [], "0-0"
+            found: list[Entry] = []
+            start: bytes | str = "0-0"
             while True:
-                next_id, batch, deleted = self._redis.xautoclaim(
+                next_id, batch, *deleted = self._raw.xautoclaim(
                     self.stream, self.group, self.consumer, lock_ms, start, count=READ_COUNT
                 )
-                found += _entries(batch)
-                for gone in deleted:  # trimmed before anyone acknowledged it
-                    found.append((_id(gone), {}))
-                start = _id(next_id)
-                if start == "0-0":
+                found += [(entry_id, fields) for entry_id, fields in batch]
+                for gone in deleted[0] if deleted else ():  # trimmed before acknowledged
+                    found.append((gone, None))
+                start = next_id
+                if _id(start) == "0-0":
                     break
             self._forget_idle_consumers()
         finally:
@@ -173,38 +201,42 @@ class StreamReader:
 
     # -- batches -----------------------------------------------------------------------------
 
-    def formed_of(self, entry_ids: list[str]) -> list[str | None]:
-        """The run_id of the formed batch each entry belongs to (None: not in one)."""
+    def formed_of(self, entry_ids: list[bytes]) -> list[str | None]:
+        """The run_id of the formed batch each entry belongs to (None: not in one). The hash
+        holds only batches formed and not yet acknowledged: a few per bridge."""
         if not entry_ids:
             return []
-        return [
-            None if r is None else _id(r) for r in self._redis.hmget(self._formed_key, entry_ids)
-        ]
+        run_of: dict[bytes, str] = {}
+        for run_id, ids in self._redis.hgetall(self._formed_key).items():
+            run_of.update(dict.fromkeys(ids.split(b","), run_id.decode()))
+        return [run_of.get(entry_id) for entry_id in entry_ids]
 
-    def mark_formed(self, batches: Iterable[tuple[str, list[str]]]) -> None:
-        """Write (run_id, entry ids) of batches about to be submitted; raises `RedisError`."""
-        pipe = self._redis.pipeline(transaction=False)
-        for run_id, entry_ids in batches:
-            if entry_ids:
-                pipe.hset(self._formed_key, mapping=dict.fromkeys(entry_ids, run_id))
-        pipe.execute()
+    def mark_formed(self, batches: Iterable[tuple[str, list[bytes]]]) -> None:
+        """Write (run_id, entry ids) of batches about to be submitted, one field per batch;
+        raises `RedisError`."""
+        mapping = {run_id: b",".join(entry_ids) for run_id, entry_ids in batches if entry_ids}
+        if mapping:
+            self._redis.hset(self._formed_key, mapping=mapping)
 
-    def ack(self, entry_ids: list[str]) -> None:
-        """Acknowledge entries (and forget their batch) in one transaction; a failure is
-        logged and retried by `tend`, the entries stay held meanwhile."""
+    def ack(self, entry_ids: list[bytes], run_ids: list[str] = ()) -> None:
+        """Acknowledge entries and forget the batches `run_ids` in one transaction; a failure
+        is logged and retried by `tend`, the entries stay held meanwhile."""
         with self._lock:
             entry_ids, self._unacked = [*self._unacked, *entry_ids], []
+            run_ids, self._unformed = [*self._unformed, *run_ids], []
         if not entry_ids:
             return
         try:
             pipe = self._redis.pipeline(transaction=True)
             pipe.xack(self.stream, self.group, *entry_ids)
-            pipe.hdel(self._formed_key, *entry_ids)
+            if run_ids:
+                pipe.hdel(self._formed_key, *run_ids)
             pipe.execute()
         except redis.RedisError as exc:
             logger.warning("acknowledging %d entries failed (%s); retrying", len(entry_ids), exc)
             with self._lock:
                 self._unacked += entry_ids
+                self._unformed += run_ids
             return
         with self._lock:
             for entry_id in entry_ids:

@@ -17,13 +17,14 @@ def new_run_id(now_s: float | None = None) -> str:
     return f"run_{stamp}{int(now_s * 1000) % 1000:03d}Z_{secrets.token_hex(8)}"
 
 
-def stream_run_id(stream: str, entry_ids: list[str]) -> str:
+def stream_run_id(stream: str, entry_ids: list[bytes] | list[str]) -> str:
     """The run id of a batch read from a Redis Stream: the same entries always give the same id
     (a batch formed again after a crash is recorded once). `run_<time of the first entry>Z_`
     then 64 bits of the SHA-256 of the stream's name and the entry ids, in order."""
-    first_ms = int(entry_ids[0].split("-", 1)[0])
+    ids = [i if isinstance(i, bytes) else i.encode() for i in entry_ids]
+    first_ms = int(ids[0].split(b"-", 1)[0])
     stamp = datetime.fromtimestamp(first_ms / 1000, UTC).strftime("%Y%m%dT%H%M%S")
-    digest = hashlib.sha256("\n".join([stream, *entry_ids]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(b"\n".join([stream.encode(), *ids])).hexdigest()[:16]
     return f"run_{stamp}{first_ms % 1000:03d}Z_{digest}"
 
 
