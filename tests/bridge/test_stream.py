@@ -217,3 +217,25 @@ def test_acknowledged_entries_are_trimmed(redis_url):
     reader.tend()  # trims what every group acknowledged, in whole nodes of 100 entries
     assert 500 <= client.xlen(STREAM) <= 600
     client.close()
+
+
+def test_two_bridges_in_one_group_share_the_ticks_each_once(redis_url):
+    """Redis hands each entry to one bridge: every tick lands in exactly one run, each run holds
+    one symbol's ticks in stream order (a bridge's share of them, not consecutive ones)."""
+    ticks = [tick(s, i) for i in range(40) for s in ("AAPL", "MSFT", "NVDA")]
+    with (
+        running(config(redis_url, consumer="a", max_wait_s=0.3)) as (_, runs_a, client),
+        running(config(redis_url, consumer="b", max_wait_s=0.3)) as (_, runs_b, _),
+    ):
+        for start in range(0, len(ticks), 6):  # small writes, so both bridges get some
+            add(client, ticks[start : start + 6])
+            time.sleep(0.01)
+        wait_for(lambda: sum(len(r["ticks"]) for r in runs_a + runs_b) == len(ticks), timeout_s=10)
+        wait_for(lambda: pending(client) == 0, timeout_s=10)
+    assert runs_a and runs_b  # both took a share
+    seen = [(t["symbol"], t["close"]) for r in runs_a + runs_b for t in r["ticks"]]
+    assert sorted(seen) == sorted((t["symbol"], t["close"]) for t in ticks)  # each tick once
+    for run in runs_a + runs_b:
+        assert len({t["symbol"] for t in run["ticks"]}) == 1
+        stamps = [t["timestamp"] for t in run["ticks"]]
+        assert stamps == sorted(stamps)
