@@ -113,6 +113,8 @@ class Settings:
     store_cleanup_older_than_s: float = DEFAULT_STORE_CLEANUP_OLDER_THAN_S
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
     ticks_by_reference_min: int = DEFAULT_TICKS_BY_REFERENCE_MIN
+    retention_days: float | None = None  # OSIRIS_RETENTION_DAYS: older runs leave the tables
+    archive_dir: str | None = None  # OSIRIS_ARCHIVE_DIR: where expired rows go first (Parquet)
     market_stream_maxlen: int = DEFAULT_MARKET_STREAM_MAXLEN
     market_stream_retention: str = STREAM_RETENTIONS[0]
     stream_claim_idle_s: float = DEFAULT_STREAM_CLAIM_IDLE_S
@@ -184,6 +186,8 @@ class Settings:
             visibility_timeout_s=_int(
                 env, "OSIRIS_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S
             ),
+            retention_days=_float(env, "OSIRIS_RETENTION_DAYS", None),
+            archive_dir=env.get("OSIRIS_ARCHIVE_DIR") or None,
             market_stream_maxlen=_int(
                 env, "OSIRIS_MARKET_STREAM_MAXLEN", DEFAULT_MARKET_STREAM_MAXLEN
             ),
@@ -279,6 +283,10 @@ class Settings:
                 f"{MIN_STORE_CLEANUP_OLDER_THAN_S:g} s: a shorter window can drop a concurrent "
                 "writer's commit (lance-format/lance#3718)"
             )
+        if self.retention_days is not None and not (
+            math.isfinite(self.retention_days) and self.retention_days > 0
+        ):
+            raise ConfigError("OSIRIS_RETENTION_DAYS must be a positive number of days (or unset)")
         if self.market_stream_maxlen < 0 or self.events_stream_maxlen < 0:
             raise ConfigError(
                 "OSIRIS_MARKET_STREAM_MAXLEN and OSIRIS_EVENTS_STREAM_MAXLEN must be 0 (no cap) "
@@ -321,6 +329,11 @@ class Settings:
     def with_(self, **changes) -> Settings:
         """A copy with some fields changed (tests, CLI flags)."""
         return replace(self, **changes).validated()
+
+    @property
+    def retention_s(self) -> float | None:
+        """`retention_days` in seconds (None: keep every row)."""
+        return None if self.retention_days is None else self.retention_days * 86_400
 
     @property
     def task_time_limit_s(self) -> int:

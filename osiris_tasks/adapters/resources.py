@@ -100,6 +100,8 @@ class Resources:
             ),
             maintain_every_commits=settings.store_maintain_every_commits,
             cleanup_older_than_s=settings.store_cleanup_older_than_s,
+            retention_s=settings.retention_s,
+            archive_dir=settings.archive_dir,
         )
 
     @classmethod

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 from lancedb.index import BTree
 
+from osiris_tasks.store.retention import expire_table
+
 if TYPE_CHECKING:
     from lancedb.table import LanceTable
 
@@ -81,10 +83,18 @@ def optimize_table(
     *,
     cleanup_older_than_s: float,
     index_columns: tuple[str, ...] = (),
+    expire_before: str | None = None,
+    archive_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Index, compact and clean up `handle`; return its stats before and after, and the time."""
+    """Expire (with `expire_before`: `retention.py`), index, compact and clean up `handle`;
+    return its stats before and after, and the time."""
     started = time.perf_counter()
     before = table_stats(handle)
+    expired = (
+        expire_table(handle, before=expire_before, archive_dir=archive_dir)
+        if expire_before is not None
+        else None
+    )
     created = ensure_indices(handle, index_columns)
     handle.optimize(cleanup_older_than=timedelta(seconds=cleanup_older_than_s))
     after = table_stats(handle)
@@ -94,6 +104,7 @@ def optimize_table(
         "before": before,
         "after": after,
         "indices_created": created,
+        "expired": expired,
     }
 
 

@@ -92,6 +92,7 @@ from osiris_tasks.store.maintenance_schedule import (
     MaintenanceSchedule,
     maintenance_lock_name,
 )
+from osiris_tasks.store.retention import RETAINED_TABLES, cutoff_iso, expire_table
 from osiris_tasks.store.schema import (
     ADVICE_SCHEMA,
     ADVICE_TABLE,
@@ -189,8 +190,11 @@ class RunStore:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         maintain_every_commits: int = DEFAULT_MAINTAIN_EVERY_COMMITS,
         cleanup_older_than_s: float = DEFAULT_CLEANUP_OLDER_THAN_S,
+        retention_s: float | None = None,
+        archive_dir: str | None = None,
     ):
         self.uri = uri
+        self._retention_s, self._archive_dir = retention_s, archive_dir
         self._redis = redis
         self._lock_timeout_s = lock_timeout_s
         self._claimer = (
@@ -466,14 +470,43 @@ class RunStore:
             self._table(name),
             cleanup_older_than_s=self._cleanup_older_than_s,
             index_columns=TABLES[name].indexed,
+            **self._expiry(name),
         )
 
     def _optimize_there(self, name: str) -> dict[str, Any]:
         """`_optimize_here` in the maintenance process; a RuntimeError (retried) if it died."""
         self._table(name)  # created here, under the creation lock, if it is not yet
         return self._maintenance_process.call(
-            _optimize_at, self.uri, name, self._cleanup_older_than_s
+            _optimize_at, self.uri, name, self._cleanup_older_than_s, self._expiry(name)
         )
+
+    def _expiry(self, name: str) -> dict[str, Any]:
+        """The retention arguments of a maintenance pass over `name` (none: keep every row)."""
+        if self._retention_s is None or name not in RETAINED_TABLES:
+            return {}
+        return {"expire_before": cutoff_iso(self._retention_s), "archive_dir": self._archive_dir}
+
+    def expire(self, older_than_s: float, *, archive_dir: str | None = None) -> list[dict]:
+        """Expire (archive to Parquet first, with `archive_dir`) the rows of the retained tables
+        recorded more than `older_than_s` ago, under each table's maintenance lock
+        (`retention.py`); what was done, per table."""
+        before, done = cutoff_iso(older_than_s), []
+        for name in RETAINED_TABLES:
+            with self._maintenance_lock(name) as held:
+                if not held:
+                    log.info("%s: maintenance running elsewhere, not expired now", name)
+                    continue
+                done.append(
+                    self._retry(
+                        name,
+                        None,
+                        lambda n=name: expire_table(
+                            self._table(n), before=before, archive_dir=archive_dir
+                        ),
+                    )
+                )
+        self._drop_connection()
+        return done
 
     def stats(self, table: str) -> dict[str, Any]:
         """Rows, fragments, versions, indices and data bytes of `table`'s latest version."""
@@ -656,10 +689,13 @@ def _open_or_create(db: lancedb.DBConnection, name: str, schema: pa.Schema) -> L
     return handle
 
 
-def _optimize_at(uri: str, name: str, cleanup_older_than_s: float) -> dict[str, Any]:
+def _optimize_at(
+    uri: str, name: str, cleanup_older_than_s: float, expiry: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Maintain table `name` of the store at `uri` (run in the maintenance process)."""
     return optimize_table(
         _connect(uri).open_table(name),
         cleanup_older_than_s=cleanup_older_than_s,
         index_columns=TABLES[name].indexed,
+        **(expiry or {}),
     )

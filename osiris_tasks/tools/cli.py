@@ -86,6 +86,7 @@ def _checked(convert: Callable, ok: Callable, wanted: str) -> Callable[[str], ob
 
 
 COUNT = _checked(int, lambda n: n >= 1, "must be a whole number, 1 or more")
+POSITIVE_DAYS = _checked(float, lambda d: 0 < d < 1e6, "must be a positive number of days")
 SECONDS = _checked(float, lambda x: math.isfinite(x) and x > 0, "must be a number above 0")
 NON_NEGATIVE = _checked(float, lambda x: math.isfinite(x) and x >= 0, "must be a number, 0 or more")
 FRACTION = _checked(float, lambda x: 0 <= x <= 1, "must be a fraction from 0 to 1")
@@ -206,7 +207,15 @@ def _runs_parser(sub) -> None:
     _flag(exp, "min_pnl", type=float, help="chat: only runs whose fill realised at least this")
     replay = _command(rsub, "replay", "record the dead-lettered runs kept in Redis")
     _flag(replay, "redis_url", help="Redis of the dead letters (default: OSIRIS_REDIS_URL)")
-    for parser in (lst, show, exp, replay):
+    expire = _command(rsub, "expire", "delete runs, advice and fills older than N days")
+    _flag(
+        expire,
+        "older_than_days",
+        type=POSITIVE_DAYS,
+        help="the age (default: OSIRIS_RETENTION_DAYS; required if that is unset)",
+    )
+    _flag(expire, "archive", help="write them to Parquet here first (default: OSIRIS_ARCHIVE_DIR)")
+    for parser in (lst, show, exp, replay, expire):
         _flag(parser, "lancedb_uri", help="the runs' LanceDB (default: OSIRIS_LANCEDB_URI)")
         _common(parser)
     _common(p)
@@ -404,6 +413,8 @@ def cmd_runs(args, settings: Settings) -> int:
         console.print(f"replayed {replayed} dead-lettered runs; {left} left")
         return 0 if left == 0 else 1
     store = RunStore(args.lancedb_uri or settings.lancedb_uri)
+    if args.runs_command == "expire":
+        return _expire(store, args, settings, console)
     if args.runs_command == "list":
         console.print(runs.runs_table(store.recent_runs(args.limit)))
     elif args.runs_command == "show":
@@ -418,6 +429,20 @@ def cmd_runs(args, settings: Settings) -> int:
             store, args.format, output, accepted_only=args.accepted, min_pnl=args.min_pnl
         )
         console.print(f"exported {count} runs to {output}")
+    return 0
+
+
+def _expire(store, args, settings: Settings, console) -> int:
+    days = args.older_than_days or settings.retention_days
+    if days is None:
+        return _fail(
+            "osiris runs expire", "give --older_than_days or OSIRIS_RETENTION_DAYS", EXIT_USAGE
+        )
+    for done in store.expire(days * 86_400, archive_dir=args.archive or settings.archive_dir):
+        where = f" (archived to {done['archive']})" if done["archive"] else ""
+        console.print(
+            f"{done['table']}: {done['expired_rows']} rows before {done['before']}{where}"
+        )
     return 0
 
 
