@@ -238,3 +238,14 @@ def test_stream_benchmark_at_tiny_sizes_loses_nothing(redis_url):
     assert bridge.params["runs_queued"] == 300  # 3,000 ticks over three symbols, 10 a run
     restart = next(f for name, f in figures.items() if name.startswith("bridge restarted"))
     assert 0 < restart.value < 30
+
+
+def test_scale_benchmark_at_tiny_sizes_measures_each_table(redis_url):
+    from benchmarks import scale_bench
+
+    report = Report(quick=True)
+    scale_bench.run(report, sizes=scale_bench.TINY, redis_url=redis_url)
+    names = [f.name for f in report.figures]
+    for table in ("orchestrator_runs", "advice", "fills", "completions"):
+        assert f"{table}: one maintenance pass at 1,000 runs" in names
+    assert "get_run at 1,000 runs" in names

@@ -4,9 +4,12 @@ cleanup, scalar indices.
 Every append makes one data fragment and one table version. Left alone, reads slow down with the
 fragment count (each query opens every fragment) and the disk fills with versions (each
 version's manifest lists every fragment, so n appends leave O(n^2) bytes of manifests).
-`optimize_table` undoes both: it merges small fragments, deletes versions older than
-`cleanup_older_than_s` with the files only they used, and brings the scalar indices up to date
-with the rows appended since the last run (rows not indexed yet are still found, by a scan).
+`optimize_table` undoes both, with lance's own API (pylance, the version of the lance core that
+lancedb embeds): it merges small fragments into fragments of up to `TARGET_ROWS_PER_FRAGMENT`
+rows, deletes versions older than `cleanup_older_than_s` with the files only they used, and
+brings the scalar indices up to date with the rows appended since the last run (rows not
+indexed yet are still found, by a scan). Full fragments are left alone, so a pass costs the
+same at 10k rows as at 1M.
 
 Safe while other processes append: a compaction commits as a rewrite of the fragments it
 read, which lance rebases over concurrent appends; the appends' rows are never part of it.
@@ -54,6 +57,13 @@ __all__ = ["ensure_indices", "log_optimized", "optimize_table", "table_stats"]
 
 log = logging.getLogger(__name__)
 
+# Compaction merges fragments smaller than this into fragments of at most this many rows and
+# leaves full ones alone, so a pass rewrites at most this many rows however large the table
+# (lancedb's `optimize()` aims at 1M-row fragments: it rewrote the growing newest one at every
+# pass, 0.46 s at 10k runs and 4.1 s at 100k). Its pages are copied, not re-encoded
+# (`try_binary_copy`): a pass at 100k runs takes 0.3-0.5 s, for data files 17 % larger.
+TARGET_ROWS_PER_FRAGMENT = 20_000
+
 
 def ensure_indices(handle: LanceTable, columns: tuple[str, ...]) -> list[str]:
     """Create a BTREE index on each of `columns` that has none; return the columns indexed now."""
@@ -96,7 +106,14 @@ def optimize_table(
         else None
     )
     created = ensure_indices(handle, index_columns)
-    handle.optimize(cleanup_older_than=timedelta(seconds=cleanup_older_than_s))
+    dataset = handle.to_lance()
+    dataset.optimize.compact_files(
+        target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT, compaction_mode="try_binary_copy"
+    )
+    dataset = handle.to_lance()  # the compaction's version
+    dataset.cleanup_old_versions(older_than=timedelta(seconds=cleanup_older_than_s))
+    dataset.optimize.optimize_indices()
+    handle.checkout_latest()
     after = table_stats(handle)
     return {
         "table": handle.name,
