@@ -70,16 +70,15 @@ class Rows:
 
     def __init__(self, pool_rows: int):
         self.pool = list(itertools.islice(run_rows(seed=3), pool_rows))
-        self.started = time.time()
 
     def runs(self, first: int, count: int) -> list[dict]:
-        out = []
-        for i in range(first, first + count):
-            stamp = self.started + i * 0.001
-            row = {**self.pool[i % len(self.pool)], "run_id": run_id(i)}
-            row["timestamp"] = utc_iso(stamp)
-            out.append(row)
-        return out
+        """Runs first..first+count, stamped now (as `record_run` stamps them): `recent_runs`
+        looks for the newest rows in the last minute first, as it would in production."""
+        stamp = utc_iso(time.time())
+        return [
+            {**self.pool[i % len(self.pool)], "run_id": run_id(i), "timestamp": stamp}
+            for i in range(first, first + count)
+        ]
 
     @staticmethod
     def side(runs: list[dict]) -> dict[str, list[dict]]:
